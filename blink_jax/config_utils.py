@@ -1,0 +1,44 @@
+"""Helpers for Python configs: `configs/x.py:arg` strings and paths.
+
+`--config=configs/demo.py:runlocal,size=base` hands the string
+"runlocal,size=base" to `get_config`; `parse_arg` turns it into a typed
+ConfigDict using the defaults the config declares, so a typo or a wrong type
+fails at start-up, not an hour into a run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import ml_collections
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """Parses "a=1,flag,b=x" into a ConfigDict typed after `defaults`.
+
+  A bare name sets a boolean default to True. Unknown names are errors.
+  """
+  out = ml_collections.ConfigDict(dict(defaults))
+  if not arg:
+    return out
+  for item in arg.split(","):
+    item = item.strip()
+    if not item:
+      continue
+    key, eq, value = item.partition("=")
+    if key not in defaults:
+      raise ValueError(f"Unknown config arg {key!r}; known: {sorted(defaults)}.")
+    default = defaults[key]
+    if not eq:
+      if not isinstance(default, bool):
+        raise ValueError(f"Config arg {key!r} needs a value ({key}=...).")
+      out[key] = True
+    elif isinstance(default, bool):
+      if value.lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"Config arg {key}={value!r} is not a boolean.")
+      out[key] = value.lower() in ("true", "1")
+    elif default is None:
+      out[key] = value
+    else:
+      out[key] = type(default)(value)
+  return out

@@ -1,0 +1,57 @@
+"""Entry point: python -m blink_jax.main --config=configs/<name>.py --workdir=DIR.
+
+Parses flags, starts multi-process JAX when asked, and hands the config to
+the function of `config.mode`. Everything below is importable without absl.
+"""
+
+import importlib
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file(
+    "config", None, "Config file, e.g. configs/demo.py or configs/demo.py:runlocal.",
+    lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for data, checkpoints and metrics.")
+flags.DEFINE_bool("jax_distributed", False,
+                  "Call jax.distributed.initialize() (TPU pods, multi-node GPU); "
+                  "its address/size/rank come from the flags below or the cluster.")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0.")
+flags.DEFINE_integer("num_processes", None, "Number of processes.")
+flags.DEFINE_integer("process_id", None, "This process's rank.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+# config.mode -> "module:function(config, workdir)".
+MODES = {
+    "demo": "blink_jax.demo:run",
+}
+
+
+def run(config, workdir: str):
+  """Runs `config.mode`; the same call a notebook makes."""
+  if config.mode not in MODES:
+    raise ValueError(f"Unknown config.mode {config.mode!r}; known: {sorted(MODES)}.")
+  module, fn = MODES[config.mode].split(":")
+  return getattr(importlib.import_module(module), fn)(config, workdir)
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  import jax  # pylint: disable=g-import-not-at-top
+  if FLAGS.jax_distributed or FLAGS.coordinator_address:
+    jax.distributed.initialize(
+        coordinator_address=FLAGS.coordinator_address,
+        num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+  logging.info("JAX: process %d/%d, %d local / %d global devices (%s).",
+               jax.process_index(), jax.process_count(), jax.local_device_count(),
+               jax.device_count(), jax.devices()[0].platform)
+  logging.info("Config:\n%s", FLAGS.config)
+  run(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,94 @@
+"""The one metrics writer: WORKDIR/metrics.json, a JSONL history, TensorBoard.
+
+Only process 0 writes; every other process gets a writer that does nothing,
+so callers never branch on the process index. metrics.json is replaced
+atomically, so a reader (or a killed run) never sees half a file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Mapping
+
+import jax
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+  out = {}
+  for key, value in tree.items():
+    name = f"{prefix}{key}"
+    if isinstance(value, Mapping):
+      out.update(_flatten(value, name + "/"))
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+      out[name] = float(value)
+  return out
+
+
+def _jsonable(x):
+  if isinstance(x, float) and not math.isfinite(x):
+    return None  # JSON has no NaN; null keeps the file standard.
+  if isinstance(x, Mapping):
+    return {str(k): _jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [_jsonable(v) for v in x]
+  if hasattr(x, "item"):
+    return _jsonable(x.item())
+  return x
+
+
+def atomic_write_json(path: str, obj: Any) -> None:
+  """Writes JSON to a temp file beside `path`, then renames it into place."""
+  tmp = f"{path}.tmp.{os.getpid()}"
+  with open(tmp, "w", encoding="utf-8") as f:
+    json.dump(_jsonable(obj), f, indent=2, sort_keys=True)
+    f.write("\n")
+  os.replace(tmp, path)
+
+
+class MetricWriter:
+  """Writes scalars (TensorBoard + metrics.jsonl) and final results (metrics.json)."""
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+    self.active = jax.process_index() == 0
+    self._tb = None
+    if self.active:
+      os.makedirs(workdir, exist_ok=True)
+
+  def _board(self):
+    if self._tb is None:
+      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+      self._tb = SummaryWriter(os.path.join(self.workdir, "tensorboard"))
+    return self._tb
+
+  def scalars(self, step: int, values: Mapping[str, Any]) -> None:
+    """Logs a (nested) dict of scalars at `step`."""
+    if not self.active:
+      return
+    flat = _flatten(values)
+    board = self._board()
+    for name, v in flat.items():
+      # TensorBoard tags allow [A-Za-z0-9_./-]; "recall@1" -> "recall_at_1".
+      board.add_scalar(name.replace("@", "_at_"), v, step)
+    board.flush()
+    with open(os.path.join(self.workdir, "metrics.jsonl"), "a", encoding="utf-8") as f:
+      f.write(json.dumps(_jsonable({"step": step, **flat})) + "\n")
+
+  def results(self, section: str, values: Mapping[str, Any], step: int = 0) -> None:
+    """Stores `values` under `section` in metrics.json and logs its scalars."""
+    if not self.active:
+      return
+    path = os.path.join(self.workdir, "metrics.json")
+    current = {}
+    if os.path.exists(path):
+      with open(path, encoding="utf-8") as f:
+        current = json.load(f)
+    current[section] = values
+    atomic_write_json(path, current)
+    self.scalars(step, {section: values})
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()

