@@ -9,16 +9,19 @@ the index.
 from __future__ import annotations
 
 import collections
+import functools
 from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from blink_jax import bm25
 from blink_jax import metrics
+from blink_jax import sharding
 from blink_jax import tokenization
 from blink_jax.data.jsonl import Entity, Mention
 
@@ -26,24 +29,42 @@ EmbedFn = Callable[[np.ndarray, np.ndarray], jax.Array]
 ALL = "all"  # The group name of data without worlds.
 
 
-def tower_fn(tower: nnx.Module) -> EmbedFn:
-  """A jitted `(ids, mask) -> embeddings` for one encoder tower, in eval mode."""
+def progress(total: int, *, desc: str, initial: int = 0) -> tqdm:
+  """The progress bar of long loops; silent on every process but 0."""
+  return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True,
+              disable=jax.process_index() != 0)
+
+
+def tower_fn(tower: nnx.Module, mesh: Mesh | None = None) -> EmbedFn:
+  """A jitted `(ids, mask) -> embeddings` for one encoder tower, in eval mode.
+
+  Inputs are split over the mesh's devices (and hosts); the output is
+  replicated so that every process can read all embeddings.
+  """
+  mesh = mesh or sharding.make_mesh()
   tower.eval()
   graphdef, state = nnx.split(tower)
+  in_sh = sharding.batch_sharding(mesh)
 
-  @jax.jit
+  @functools.partial(jax.jit, out_shardings=sharding.replicated(mesh))
   def embed(state, ids, mask):
     return nnx.merge(graphdef, state)(ids, mask)
 
-  return lambda ids, mask: embed(state, ids, mask)
+  def put(x):  # Every process holds the full host array; each sends its shards.
+    return jax.make_array_from_callback(x.shape, in_sh, lambda idx: x[idx])
+
+  return lambda ids, mask: embed(state, put(ids), put(mask))
 
 
 def encode(embed: EmbedFn, batch: tokenization.TokenBatch, *, batch_size: int,
            desc: str = "encoding") -> np.ndarray:
-  """Embeds every row of `batch`, `batch_size` rows per call.
+  """Embeds every row of `batch`, `batch_size` rows per call, with a progress bar.
 
-  The last call is padded to `batch_size` so that the function compiles once.
+  batch_size is rounded up to a multiple of the device count, and the last
+  call is padded to it, so that the function compiles once.
   """
+  n_dev = jax.device_count()
+  batch_size = -(-batch_size // n_dev) * n_dev
   n = len(batch)
   chunks = []
   for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch",
@@ -53,7 +74,8 @@ def encode(embed: EmbedFn, batch: tokenization.TokenBatch, *, batch_size: int,
     real = ids.shape[0]
     if real < batch_size:
       pad = ((0, batch_size - real), (0, 0))
-      ids, mask = np.pad(ids, pad), np.pad(mask, pad)
+      # Padding rows hold one [CLS]-like token so no row is fully masked.
+      ids, mask = np.pad(ids, pad), np.pad(mask, pad, constant_values=1)
     chunks.append(np.asarray(embed(ids, mask))[:real])
   return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 
@@ -144,3 +166,52 @@ def dense_ranking(query_emb: np.ndarray, entity_emb: np.ndarray,
   def rank(m_rows, e_rows, k):
     return rank_exact(query_emb[m_rows], entity_emb[e_rows], k)
   return rank_per_world(rank, entities, mentions, k)
+
+
+def embed_catalogue_and_mentions(model, tok: tokenization.Tokenizer,
+                                 entities: Sequence[Entity],
+                                 mentions: Sequence[Mention], config,
+                                 mesh: Mesh | None = None
+                                 ) -> tuple[np.ndarray, np.ndarray]:
+  """(mention embeddings, entity embeddings) under the bi-encoder `model`."""
+  ent_batch = tok.encode_entities([e.title for e in entities],
+                                  [e.text for e in entities],
+                                  config.data.max_entity_len)
+  ctx_batch = tok.encode_mentions([m.context_left for m in mentions],
+                                  [m.mention for m in mentions],
+                                  [m.context_right for m in mentions],
+                                  config.data.max_context_len)
+  bs = config.eval.batch_size
+  ent = encode(tower_fn(model.entity_encoder, mesh), ent_batch, batch_size=bs,
+               desc="entities")
+  ctx = encode(tower_fn(model.context_encoder, mesh), ctx_batch, batch_size=bs,
+               desc="mentions")
+  return ctx, ent
+
+
+def biencoder_report(model, tok: tokenization.Tokenizer,
+                     entities: Sequence[Entity], mentions: Sequence[Mention],
+                     config, mesh: Mesh | None = None) -> dict:
+  """Recall@k of the bi-encoder `model`, per world with macro/micro averages."""
+  ks = list(config.eval.ks)
+  ctx, ent = embed_catalogue_and_mentions(model, tok, entities, mentions, config, mesh)
+  return recall_report(dense_ranking(ctx, ent, entities, mentions, max(ks)),
+                       mentions, ks)
+
+
+def hard_negatives(model, tok: tokenization.Tokenizer, entities: Sequence[Entity],
+                   mentions: Sequence[Mention], num: int, config,
+                   mesh: Mesh | None = None) -> np.ndarray:
+  """The `num` highest-scoring wrong entities of each mention, within its world.
+
+  Returns [N, num] rows into `entities`, -1 where a world has too few.
+  """
+  ctx, ent = embed_catalogue_and_mentions(model, tok, entities, mentions, config, mesh)
+  ranked = dense_ranking(ctx, ent, entities, mentions, num + 1)
+  row_of = {e.id: i for i, e in enumerate(entities)}
+  gold = np.asarray([m.label_id for m in mentions])
+  out = np.full((len(mentions), num), -1, np.int64)
+  for i in range(len(mentions)):
+    negs = [row_of[x] for x in ranked[i] if x >= 0 and x != gold[i]][:num]
+    out[i, :len(negs)] = negs
+  return out

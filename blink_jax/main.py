@@ -27,6 +27,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 # config.mode -> "module:function(config, workdir)".
 MODES = {
     "demo": "blink_jax.demo:run",
+    "train_biencoder": "blink_jax.train_biencoder:train_and_evaluate",
 }
 
 

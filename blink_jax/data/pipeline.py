@@ -1,0 +1,118 @@
+"""Training input: which mentions form each global batch, and their tensors.
+
+The global batch of step s is a pure function of (seed, s): epoch
+e = s // steps_per_epoch takes a fresh permutation of the training mentions
+seeded by (seed, e), and step s takes its next `global_batch` rows. Hence
+  * the data position in a checkpoint is just the step: resuming is exact;
+  * the global batch does not depend on the number of processes: process p
+    of P takes block p of it, so a 2-host run sees the same batches as 1 host;
+  * each process reads and tokenizes only its own rows (records come from a
+    random-access source: a list, or a tfds array_record data source).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from blink_jax import tokenization
+from blink_jax.data.jsonl import Entity, Mention
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSampler:
+  """Deterministic global batches; drops each epoch's incomplete last batch."""
+
+  num_examples: int
+  global_batch: int
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.num_examples < self.global_batch:
+      raise ValueError(f"{self.num_examples} training examples are fewer than "
+                       f"one global batch of {self.global_batch}.")
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.num_examples // self.global_batch
+
+  def epoch(self, step: int) -> int:
+    return step // self.steps_per_epoch
+
+  def global_indices(self, step: int) -> np.ndarray:
+    epoch, i = divmod(step, self.steps_per_epoch)
+    perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+    return perm[i * self.global_batch:(i + 1) * self.global_batch]
+
+  def local_indices(self, step: int, process: int | None = None,
+                    num_processes: int | None = None) -> np.ndarray:
+    """This process's contiguous block of the global batch."""
+    p = jax.process_index() if process is None else process
+    n = jax.process_count() if num_processes is None else num_processes
+    if self.global_batch % n:
+      raise ValueError(f"Global batch {self.global_batch} does not split over {n} processes.")
+    per = self.global_batch // n
+    return self.global_indices(step)[p * per:(p + 1) * per]
+
+
+class BatchBuilder:
+  """Tokenizes mentions, their gold entities and hard negatives into a batch."""
+
+  def __init__(self, tok: tokenization.Tokenizer, entities: Sequence[Entity],
+               mentions: Sequence[Mention], *, max_context_len: int,
+               max_entity_len: int):
+    self.tok = tok
+    self.entities = entities
+    self.mentions = mentions
+    self.max_context_len = max_context_len
+    self.max_entity_len = max_entity_len
+    self.entity_ids = np.asarray([e.id for e in entities], np.int64)
+    row_of = {e.id: i for i, e in enumerate(entities)}
+    missing = [m.label_id for m in mentions if m.label_id not in row_of]
+    if missing:
+      raise ValueError(f"{len(missing)} training mentions have gold ids not in "
+                       f"the catalogue, e.g. {missing[:5]}.")
+    self.gold_rows = np.asarray([row_of[m.label_id] for m in mentions], np.int64)
+
+  def contexts(self, rows: np.ndarray) -> tokenization.MentionBatch:
+    ms = [self.mentions[i] for i in rows]
+    return self.tok.encode_mentions([m.context_left for m in ms],
+                                    [m.mention for m in ms],
+                                    [m.context_right for m in ms],
+                                    self.max_context_len)
+
+  def entity_batch(self, entity_rows: np.ndarray) -> tokenization.TokenBatch:
+    es = [self.entities[i] for i in entity_rows]
+    return self.tok.encode_entities([e.title for e in es], [e.text for e in es],
+                                    self.max_entity_len)
+
+  def __call__(self, rows: np.ndarray, hard_rows: np.ndarray | None = None
+               ) -> dict[str, np.ndarray]:
+    """The batch of mentions `rows` with hard negatives `hard_rows` [b, H].
+
+    hard_rows holds catalogue rows, -1 where a mention has fewer negatives.
+    Entities come out as [b, 1 + H, Le]: the gold first, then the negatives.
+    """
+    rows = np.asarray(rows)
+    b = len(rows)
+    hard = (np.zeros((b, 0), np.int64) if hard_rows is None
+            else np.asarray(hard_rows, np.int64))
+    ent_rows = np.concatenate([self.gold_rows[rows][:, None], hard], axis=1)
+    valid = ent_rows >= 0
+    ctx = self.contexts(rows)
+    ents = self.entity_batch(np.where(valid, ent_rows, 0).reshape(-1))
+    shape = (b, ent_rows.shape[1], self.max_entity_len)
+    # Missing negatives are filled with entity row 0's tokens (never an
+    # all-padding row, which attention cannot normalise) and labelled -1, which
+    # the loss masks out.
+    return {
+        "context_ids": ctx.ids,
+        "context_mask": ctx.mask,
+        "entity_ids": ents.ids.reshape(shape),
+        "entity_mask": ents.mask.reshape(shape),
+        "entity_labels": np.where(valid, self.entity_ids[np.maximum(ent_rows, 0)], -1),
+        "labels": self.entity_ids[self.gold_rows[rows]],
+    }

@@ -1,0 +1,218 @@
+"""BERT encoder in Flax NNX, numerically matching Hugging Face's `BertModel`.
+
+Every tower in blink_jax (context, entity, cross-encoder, mention detection)
+is this encoder. It is post-LayerNorm BERT with exact (erf) GELU, so that
+weights imported from a PyTorch checkpoint (see `bert_checkpoint.py`) give
+the same hidden states as `transformers.BertModel`.
+
+Speed choices (CPU and accelerators alike):
+  * Q, K and V are one fused `[hidden, 3*hidden]` projection: one large matmul
+    instead of three small ones.
+  * Attention goes through `jax.nn.dot_product_attention`, which lowers to the
+    fused kernels (cuDNN flash attention on GPU) where they exist. Attention
+    dropout cannot be expressed there, so training with attention dropout > 0
+    takes the explicit softmax path.
+
+Dtype policy: parameters are stored in `param_dtype` (float32); matmuls run in
+`dtype` (float32, or bfloat16 on accelerators); LayerNorm statistics and the
+attention softmax are computed in float32 whatever `dtype` is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+  """Shape and numerics of one BERT encoder."""
+
+  vocab_size: int = 30522
+  hidden_size: int = 768
+  num_layers: int = 12
+  num_heads: int = 12
+  intermediate_size: int = 3072
+  max_position: int = 512
+  type_vocab_size: int = 2
+  layer_norm_eps: float = 1e-12
+  dropout: float = 0.1
+  attention_dropout: float = 0.1
+  initializer_range: float = 0.02
+  dtype: str = "float32"        # Compute dtype of the matmuls.
+  param_dtype: str = "float32"  # Storage dtype of the parameters.
+
+  def __post_init__(self):
+    if self.hidden_size % self.num_heads:
+      raise ValueError(
+          f"hidden_size {self.hidden_size} is not divisible by num_heads "
+          f"{self.num_heads}")
+
+  @property
+  def head_dim(self) -> int:
+    return self.hidden_size // self.num_heads
+
+  @classmethod
+  def from_hf_config(cls, path_or_dict: str | os.PathLike | dict[str, Any],
+                     **overrides) -> "BertConfig":
+    """Reads a Hugging Face `config.json` (file, directory or parsed dict)."""
+    if isinstance(path_or_dict, dict):
+      hf = path_or_dict
+    else:
+      path = os.fspath(path_or_dict)
+      if os.path.isdir(path):
+        path = os.path.join(path, "config.json")
+      with open(path, encoding="utf-8") as f:
+        hf = json.load(f)
+    act = hf.get("hidden_act", "gelu")
+    if act != "gelu":
+      raise ValueError(f"hidden_act={act!r} is not supported; only the exact "
+                       "'gelu' of BERT is implemented.")
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+      raise ValueError("Only absolute position embeddings are supported, got "
+                       f"{hf['position_embedding_type']!r}.")
+    kwargs = dict(
+        vocab_size=hf["vocab_size"],
+        hidden_size=hf["hidden_size"],
+        num_layers=hf["num_hidden_layers"],
+        num_heads=hf["num_attention_heads"],
+        intermediate_size=hf["intermediate_size"],
+        max_position=hf.get("max_position_embeddings", 512),
+        type_vocab_size=hf.get("type_vocab_size", 2),
+        layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+        dropout=hf.get("hidden_dropout_prob", 0.1),
+        attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
+        initializer_range=hf.get("initializer_range", 0.02),
+    )
+    kwargs.update(overrides)
+    return cls(**kwargs)
+
+
+class BertOutput(NamedTuple):
+  sequence: Array  # [batch, length, hidden]: last layer, every token.
+  cls: Array       # [batch, hidden]: the [CLS] token's last hidden state.
+
+
+def _dense(cfg: BertConfig, din: int, dout: int, rngs: nnx.Rngs) -> nnx.Linear:
+  return nnx.Linear(
+      din, dout, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
+      kernel_init=nnx.initializers.truncated_normal(cfg.initializer_range),
+      rngs=rngs)
+
+
+def _layer_norm(cfg: BertConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
+  # Computed in float32 even under a bfloat16 policy: BERT's eps of 1e-12 and
+  # its residual stream need the range.
+  return nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps,
+                       dtype=jnp.float32, param_dtype=jnp.dtype(cfg.param_dtype),
+                       rngs=rngs)
+
+
+class Embeddings(nnx.Module):
+  """Token + position + segment embeddings, LayerNorm, dropout."""
+
+  def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+    init = nnx.initializers.truncated_normal(cfg.initializer_range)
+    pd = jnp.dtype(cfg.param_dtype)
+    self.word = nnx.Embed(cfg.vocab_size, cfg.hidden_size, param_dtype=pd,
+                          embedding_init=init, rngs=rngs)
+    self.position = nnx.Embed(cfg.max_position, cfg.hidden_size, param_dtype=pd,
+                              embedding_init=init, rngs=rngs)
+    self.segment = nnx.Embed(cfg.type_vocab_size, cfg.hidden_size,
+                             param_dtype=pd, embedding_init=init, rngs=rngs)
+    self.norm = _layer_norm(cfg, rngs)
+    self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+
+  def __call__(self, input_ids: Array, segment_ids: Array) -> Array:
+    length = input_ids.shape[-1]
+    x = (self.word(input_ids) + self.segment(segment_ids)
+         + self.position.embedding[...][:length])
+    return self.dropout(self.norm(x))
+
+
+class SelfAttention(nnx.Module):
+  """Multi-head self-attention with a fused QKV projection."""
+
+  def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.qkv = _dense(cfg, cfg.hidden_size, 3 * cfg.hidden_size, rngs)
+    self.out = _dense(cfg, cfg.hidden_size, cfg.hidden_size, rngs)
+    self.attention_dropout = nnx.Dropout(cfg.attention_dropout, rngs=rngs)
+
+  def __call__(self, x: Array, key_mask: Array) -> Array:
+    """x: [B, T, H]; key_mask: [B, T] bool, False on padding keys."""
+    cfg = self.cfg
+    b, t, _ = x.shape
+    qkv = self.qkv(x).reshape(b, t, 3, cfg.num_heads, cfg.head_dim)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    mask = key_mask[:, None, None, :]  # Broadcast over heads and queries.
+    if self.attention_dropout.deterministic or cfg.attention_dropout == 0.0:
+      ctx = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    else:
+      ctx = self._attention_with_dropout(q, k, v, mask)
+    return self.out(ctx.reshape(b, t, cfg.hidden_size))
+
+  def _attention_with_dropout(self, q, k, v, mask):
+    logits = jnp.einsum("bqnd,bknd->bnqk", q, k,
+                        preferred_element_type=jnp.float32)
+    logits = logits / jnp.sqrt(jnp.float32(self.cfg.head_dim))
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
+    probs = self.attention_dropout(jax.nn.softmax(logits, axis=-1))
+    return jnp.einsum("bnqk,bknd->bqnd", probs.astype(v.dtype), v)
+
+
+class Layer(nnx.Module):
+  """One post-LN transformer layer: x = LN(x + Attn(x)); x = LN(x + FFN(x))."""
+
+  def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+    self.attention = SelfAttention(cfg, rngs=rngs)
+    self.attention_norm = _layer_norm(cfg, rngs)
+    self.ffn_in = _dense(cfg, cfg.hidden_size, cfg.intermediate_size, rngs)
+    self.ffn_out = _dense(cfg, cfg.intermediate_size, cfg.hidden_size, rngs)
+    self.ffn_norm = _layer_norm(cfg, rngs)
+    self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+    self.dtype = jnp.dtype(cfg.dtype)
+
+  def __call__(self, x: Array, key_mask: Array) -> Array:
+    h = self.dropout(self.attention(x.astype(self.dtype), key_mask))
+    x = self.attention_norm(x + h)
+    h = jax.nn.gelu(self.ffn_in(x.astype(self.dtype)), approximate=False)
+    h = self.dropout(self.ffn_out(h))
+    return self.ffn_norm(x + h)
+
+
+class Bert(nnx.Module):
+  """The encoder: embeddings and `num_layers` transformer layers."""
+
+  def __init__(self, cfg: BertConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.embeddings = Embeddings(cfg, rngs=rngs)
+    self.layers = nnx.List([Layer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+
+  def __call__(self, input_ids: Array, attention_mask: Array | None = None,
+               segment_ids: Array | None = None) -> BertOutput:
+    """Encodes a batch.
+
+    Args:
+      input_ids: [B, T] int token ids.
+      attention_mask: [B, T], nonzero on real tokens; defaults to
+        `input_ids != 0` ([PAD] is id 0 in every BERT vocabulary).
+      segment_ids: [B, T] token type ids; defaults to zeros.
+    """
+    if attention_mask is None:
+      attention_mask = input_ids != 0
+    if segment_ids is None:
+      segment_ids = jnp.zeros_like(input_ids)
+    key_mask = attention_mask.astype(bool)
+    x = self.embeddings(input_ids, segment_ids)
+    for layer in self.layers:
+      x = layer(x, key_mask)
+    return BertOutput(sequence=x, cls=x[:, 0])

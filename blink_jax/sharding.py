@@ -1,0 +1,88 @@
+"""The device mesh and every sharding rule, in one place.
+
+The mesh has two axes: `data` (batch parallel) and `fsdp` (batch parallel
+too, and parameters split across it when they do not fit one device). The
+batch is split over both axes; a parameter is split over `fsdp` along its
+largest dimension that divides evenly, and replicated otherwise (biases,
+LayerNorms, anything small).
+
+Axis types are Auto: jitted code is written as if on one device, and XLA
+inserts the collectives; e.g. the global in-batch logits `q @ e.T` gather
+the entity embeddings of every device (and host) automatically.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+BATCH_AXES = ("data", "fsdp")
+# Parameters smaller than this stay replicated: splitting them saves little
+# memory and costs a collective each.
+MIN_FSDP_SIZE = 2 ** 16
+
+
+def make_mesh(mesh_cfg: Mapping[str, int] | None = None,
+              devices: list | None = None) -> Mesh:
+  """Builds the ("data", "fsdp") mesh; one axis size may be -1 (the rest)."""
+  cfg = dict(mesh_cfg or {})
+  devices = devices if devices is not None else jax.devices()
+  data, fsdp = cfg.get("data", -1), cfg.get("fsdp", 1)
+  n = len(devices)
+  if data == -1 and fsdp == -1:
+    raise ValueError("At most one mesh axis may be -1.")
+  if data == -1:
+    data = n // fsdp
+  elif fsdp == -1:
+    fsdp = n // data
+  if data * fsdp != n:
+    raise ValueError(f"Mesh data={data} x fsdp={fsdp} does not cover the {n} devices.")
+  return jax.make_mesh((data, fsdp), ("data", "fsdp"),
+                       axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) dimension split over every device."""
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def param_spec(shape: tuple[int, ...], fsdp_size: int) -> P:
+  """FSDP rule: split the largest evenly divisible dimension over `fsdp`."""
+  if fsdp_size == 1 or math.prod(shape) < MIN_FSDP_SIZE:
+    return P()
+  for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+    if shape[dim] % fsdp_size == 0:
+      spec = [None] * len(shape)
+      spec[dim] = "fsdp"
+      return P(*spec)
+  return P()
+
+
+def tree_shardings(mesh: Mesh, tree: Any) -> Any:
+  """Shardings for a pytree of (abstract) parameter-like arrays.
+
+  Optimizer moments get the same spec as their parameter because they have
+  the same shape; scalars (step counts) are replicated.
+  """
+  fsdp = mesh.shape["fsdp"]
+  return jax.tree.map(
+      lambda x: NamedSharding(mesh, param_spec(tuple(np.shape(x)), fsdp)), tree)
+
+
+def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """Assembles each process's rows into globally sharded arrays.
+
+  Every process passes its own slice of the global batch (rows in process
+  order); the result is one array whose leading dimension is the global batch.
+  """
+  sharding = batch_sharding(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local.items()}

