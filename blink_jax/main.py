@@ -5,6 +5,7 @@ the function of `config.mode`. Everything below is importable without absl.
 """
 
 import importlib
+import logging as pylogging
 
 from absl import app
 from absl import flags
@@ -39,11 +40,25 @@ def run(config, workdir: str):
   return getattr(importlib.import_module(module), fn)(config, workdir)
 
 
+class _QuietLibraries(pylogging.Filter):
+  """Drops INFO lines of chatty libraries (Orbax logs every save in detail)."""
+
+  NOISY = ("/orbax/", "/tensorboardX/")
+
+  def filter(self, record: pylogging.LogRecord) -> bool:
+    return (record.levelno >= pylogging.WARNING
+            or not any(n in record.pathname for n in self.NOISY))
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  logging.get_absl_handler().addFilter(_QuietLibraries())
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.jax_distributed or FLAGS.coordinator_address:
+    # CPU processes (tests, laptops) need a collectives backend; accelerators
+    # ignore this setting.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=FLAGS.coordinator_address,
         num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)

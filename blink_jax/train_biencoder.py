@@ -65,7 +65,7 @@ class Functional:
     model = self.module(params)
     if train:
       model.train()
-      nnx.reseed(model, dropout=key)
+      nnx.reseed(model, dropout=key)  # Streams from bert.make_rngs.
     else:
       model.eval()
     fn = model.embed_context if tower == "context" else model.embed_entities
@@ -203,6 +203,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       tok, data.entities, data.train, max_context_len=config.data.max_context_len,
       max_entity_len=config.data.max_entity_len)
   tc = config.train
+  if not data.train:
+    logging.info("No training mentions: evaluating the initial model.")
+    model = biencoder.build(config.model, vocab_size=tok.vocab_size, seed=config.seed)
+    return _final_eval(model, tok, data, config, mesh, writer, 0, t_start)
   sampler = pipeline.StepSampler(len(data.train), tc.global_batch, config.seed)
   total_steps = tc.get("num_steps") or tc.num_epochs * sampler.steps_per_epoch
   logging.info("%d training mentions, %d entities: %d steps of %d (%d per epoch).",
@@ -293,12 +297,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   ckpt.close()
 
   # --------------------------------------------------------- final eval
-  model = current_model()
+  return _final_eval(current_model(), tok, data, config, mesh, writer, step, t_start)
+
+
+def _final_eval(model, tok, data, config, mesh, writer, step, t_start) -> dict:
   results = {}
   for name, mentions in data.evals.items():
     results[name] = evaluate.biencoder_report(model, tok, data.entities_for(mentions),
                                               mentions, config, mesh)
     writer.results(f"{name}/bi-encoder", results[name], step)
+    logging.info("%s: %s", name, {k: round(v, 4) for k, v in results[name].items()
+                                  if k.startswith("macro/")})
   writer.close()
-  logging.info("Bi-encoder training done in %.0fs.", time.time() - t_start)
-  return {"model": model, "metrics": results, "params": state["params"]}
+  logging.info("Bi-encoder done in %.0fs.", time.time() - t_start)
+  return {"model": model, "metrics": results}

@@ -35,6 +35,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict()
   config.model.init_from = ""  # Checkpoint spec for both towers; "" = random init.
+  config.model.init_num_layers = 0  # > 0: keep only the checkpoint's first layers.
   config.model.pooling = "cls"  # cls (BLINK) | mean (sentence encoders)
   config.model.projection_dim = 0  # 0 = none.
   config.model.bert = dict(hidden_size=768, num_layers=12, num_heads=12,

@@ -25,12 +25,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
                            intermediate_size=512, max_position=128,
                            dropout=0.1, attention_dropout=0.1)
   config.train.global_batch = 64
-  config.train.num_epochs = 6
+  config.train.num_epochs = 4
   config.train.log_every = 10
   config.train.checkpoint_every = 100
   config.optim.learning_rate = 5e-4  # From scratch, not fine-tuning.
   config.hard_negatives.num = 3
-  config.hard_negatives.start_epoch = 3
+  config.hard_negatives.start_epoch = 2
   config.eval.ks = (1, 2, 4, 8, 16, 32, 64)
   config.eval.batch_size = 128
 

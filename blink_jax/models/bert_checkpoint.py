@@ -12,6 +12,7 @@ the tensor and both shapes, instead of failing somewhere inside XLA.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import os
@@ -176,15 +177,27 @@ def load_into(model: bert.Bert, tensors: Mapping[str, np.ndarray]) -> None:
 
 
 def load_pretrained(path_or_hub_id: str | os.PathLike, *, seed: int = 0,
+                    first_layers: int | None = None,
                     **config_overrides) -> bert.Bert:
   """Builds a `Bert` from a HF checkpoint: config from its config.json.
 
   `config_overrides` set numerics that the checkpoint does not fix, such as
   `dtype="bfloat16"` or `dropout=0.0`; shape fields must agree with the
-  checkpoint or loading fails with the tensor's name.
+  checkpoint or loading fails with the tensor's name. `first_layers=n`
+  explicitly keeps only the checkpoint's first n layers (a smaller, faster
+  encoder that still starts from pretrained embeddings and lower layers).
   """
   directory = resolve(path_or_hub_id)
   cfg = bert.BertConfig.from_hf_config(directory, **config_overrides)
-  model = bert.Bert(cfg, rngs=nnx.Rngs(seed))
-  load_into(model, read_tensors(directory))
+  tensors = read_tensors(directory)
+  if first_layers:
+    if first_layers > cfg.num_layers:
+      raise CheckpointMismatchError(
+          f"first_layers={first_layers} but {directory} has {cfg.num_layers} layers.")
+    cfg = dataclasses.replace(cfg, num_layers=first_layers)
+    tensors = {k: v for k, v in _strip_prefix(tensors).items()
+               if not k.startswith("encoder.layer.")
+               or int(k.split(".")[2]) < first_layers}
+  model = bert.Bert(cfg, rngs=bert.make_rngs(seed))
+  load_into(model, tensors)
   return model

@@ -82,14 +82,15 @@ def build(model_cfg: ml_collections.ConfigDict, *, vocab_size: int,
   both towers start from the same pretrained weights, as in BLINK; without
   it they are initialised at random from `model.bert`.
   """
-  rngs = nnx.Rngs(seed)
+  rngs = bert.make_rngs(seed)
   overrides = dict(model_cfg.get("bert_overrides", {}))
 
   def encoder(tower_seed):
     if model_cfg.get("init_from"):
-      return bert_checkpoint.load_pretrained(model_cfg.init_from, seed=tower_seed,
-                                             **overrides)
-    return bert.Bert(bert_config(model_cfg, vocab_size), rngs=nnx.Rngs(tower_seed))
+      return bert_checkpoint.load_pretrained(
+          model_cfg.init_from, seed=tower_seed,
+          first_layers=model_cfg.get("init_num_layers") or None, **overrides)
+    return bert.Bert(bert_config(model_cfg, vocab_size), rngs=bert.make_rngs(tower_seed))
 
   proj = model_cfg.get("projection_dim") or None
   pooling = model_cfg.get("pooling", "cls")
