@@ -1,6 +1,6 @@
 """BLINK's Zeshel bi-encoder recipe (Wu et al. 2020).
 
-  python -m blink_jax.main --config=configs/zeshel.py:size=large --workdir=gs://... \\
+  python -m blink_jax.main --config=configs/zeshel.py:size=large --workdir=/shared/runs/zeshel \\
     --config.data.zeshel_dir=/data/zeshel
 
 `data.zeshel_dir` is the unpacked Zeshel release (documents/, mentions/); it

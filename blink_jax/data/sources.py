@@ -17,7 +17,9 @@ import dataclasses
 import os
 from typing import Sequence
 
+import jax
 import ml_collections
+from jax.experimental import multihost_utils
 
 from blink_jax.data import jsonl
 from blink_jax.data import synthetic
@@ -83,6 +85,11 @@ def load(config: ml_collections.ConfigDict, workdir: str) -> LinkingData:
       raise ValueError("data.kind='zeshel' needs --config.data.zeshel_dir=PATH "
                        "(the unpacked Zeshel release).")
     tfds_dir = d.get("tfds_dir") or os.path.join(workdir, "tfds")
+    # Build the array_record files once: process 0 first, the others wait.
+    if jax.process_index() == 0:
+      zeshel.prepare_zeshel(d.zeshel_dir, tfds_dir, skip_bad=skip)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices("zeshel_prepared")
     splits = {s: zeshel.load_zeshel(d.zeshel_dir, tfds_dir, s, skip_bad=skip)
               for s in ("train", "val", "test")}
     entities = [e for s in ("train", "val", "test") for e in splits[s][0]]
