@@ -139,15 +139,22 @@ def entity_texts(entities: Sequence[Entity]) -> list[str]:
   return [f"{e.title} {e.text}" for e in entities]
 
 
-def mention_texts(mentions: Sequence[Mention]) -> list[str]:
-  return [f"{m.context_left}{m.mention}{m.context_right}" for m in mentions]
+# BM25 queries repeat the mention: its words are what an entity title must
+# match, and a whole context otherwise drowns them (KORE50, R@1/R@64: context
+# alone 0.15/0.80, mention alone 0.17/0.96, mention x3 + context 0.30/0.96).
+BM25_MENTION_REPEAT = 3
+
+
+def bm25_queries(mentions: Sequence[Mention]) -> list[str]:
+  return [f"{(m.mention + ' ') * BM25_MENTION_REPEAT}{m.context_left}{m.mention}"
+          f"{m.context_right}" for m in mentions]
 
 
 def bm25_ranking(entities: Sequence[Entity], mentions: Sequence[Mention],
                  k: int) -> np.ndarray:
   """BM25 ranking per world: the lexical baseline of every results table."""
   index = bm25.BM25Index.build(entity_texts(entities))
-  queries = mention_texts(mentions)
+  queries = bm25_queries(mentions)
 
   def rank(m_rows, e_rows, k):
     _, idx = index.search([queries[i] for i in m_rows], k, candidates=e_rows)
@@ -168,34 +175,39 @@ def dense_ranking(query_emb: np.ndarray, entity_emb: np.ndarray,
   return rank_per_world(rank, entities, mentions, k)
 
 
-def embed_catalogue_and_mentions(model, tok: tokenization.Tokenizer,
-                                 entities: Sequence[Entity],
-                                 mentions: Sequence[Mention], config,
-                                 mesh: Mesh | None = None
-                                 ) -> tuple[np.ndarray, np.ndarray]:
-  """(mention embeddings, entity embeddings) under the bi-encoder `model`."""
-  ent_batch = tok.encode_entities([e.title for e in entities],
-                                  [e.text for e in entities],
-                                  config.data.max_entity_len)
-  ctx_batch = tok.encode_mentions([m.context_left for m in mentions],
-                                  [m.mention for m in mentions],
-                                  [m.context_right for m in mentions],
-                                  config.data.max_context_len)
-  bs = config.eval.batch_size
-  ent = encode(tower_fn(model.entity_encoder, mesh), ent_batch, batch_size=bs,
-               desc="entities")
-  ctx = encode(tower_fn(model.context_encoder, mesh), ctx_batch, batch_size=bs,
-               desc="mentions")
-  return ctx, ent
+def embed_entities(model, tok: tokenization.Tokenizer, entities: Sequence[Entity],
+                   config, mesh: Mesh | None = None) -> np.ndarray:
+  """Entity-tower embeddings of a catalogue, [E, d]."""
+  batch = tok.encode_entities([e.title for e in entities], [e.text for e in entities],
+                              config.data.max_entity_len)
+  return encode(tower_fn(model.entity_encoder, mesh), batch,
+                batch_size=config.eval.batch_size, desc="entities")
+
+
+def embed_mentions(model, tok: tokenization.Tokenizer, mentions: Sequence[Mention],
+                   config, mesh: Mesh | None = None) -> np.ndarray:
+  """Context-tower embeddings of mentions, [N, d]."""
+  batch = tok.encode_mentions([m.context_left for m in mentions],
+                              [m.mention for m in mentions],
+                              [m.context_right for m in mentions],
+                              config.data.max_context_len)
+  return encode(tower_fn(model.context_encoder, mesh), batch,
+                batch_size=config.eval.batch_size, desc="mentions")
 
 
 def biencoder_report(model, tok: tokenization.Tokenizer,
                      entities: Sequence[Entity], mentions: Sequence[Mention],
-                     config, mesh: Mesh | None = None) -> dict:
-  """Recall@k of the bi-encoder `model`, per world with macro/micro averages."""
+                     config, mesh: Mesh | None = None,
+                     entity_emb: np.ndarray | None = None) -> dict:
+  """Recall@k of the bi-encoder `model`, per world with macro/micro averages.
+
+  Pass `entity_emb` to reuse a catalogue already embedded by this model.
+  """
   ks = list(config.eval.ks)
-  ctx, ent = embed_catalogue_and_mentions(model, tok, entities, mentions, config, mesh)
-  return recall_report(dense_ranking(ctx, ent, entities, mentions, max(ks)),
+  if entity_emb is None:
+    entity_emb = embed_entities(model, tok, entities, config, mesh)
+  ctx = embed_mentions(model, tok, mentions, config, mesh)
+  return recall_report(dense_ranking(ctx, entity_emb, entities, mentions, max(ks)),
                        mentions, ks)
 
 
@@ -206,7 +218,8 @@ def hard_negatives(model, tok: tokenization.Tokenizer, entities: Sequence[Entity
 
   Returns [N, num] rows into `entities`, -1 where a world has too few.
   """
-  ctx, ent = embed_catalogue_and_mentions(model, tok, entities, mentions, config, mesh)
+  ent = embed_entities(model, tok, entities, config, mesh)
+  ctx = embed_mentions(model, tok, mentions, config, mesh)
   ranked = dense_ranking(ctx, ent, entities, mentions, num + 1)
   row_of = {e.id: i for i, e in enumerate(entities)}
   gold = np.asarray([m.label_id for m in mentions])

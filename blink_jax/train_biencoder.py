@@ -302,12 +302,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 def _final_eval(model, tok, data, config, mesh, writer, step, t_start) -> dict:
   results = {}
+  ks = list(config.eval.ks)
+  catalogues = {}  # Each distinct entity pool is embedded once.
   for name, mentions in data.evals.items():
-    results[name] = evaluate.biencoder_report(model, tok, data.entities_for(mentions),
-                                              mentions, config, mesh)
+    entities = data.entities_for(mentions)
+    key = tuple(e.id for e in entities)
+    if key not in catalogues:
+      catalogues[key] = evaluate.embed_entities(model, tok, entities, config, mesh)
+    results[name] = evaluate.biencoder_report(model, tok, entities, mentions, config,
+                                              mesh, entity_emb=catalogues[key])
     writer.results(f"{name}/bi-encoder", results[name], step)
-    logging.info("%s: %s", name, {k: round(v, 4) for k, v in results[name].items()
-                                  if k.startswith("macro/")})
+    summary = {"bi-encoder": results[name]}
+    if config.eval.get("bm25", True):
+      # The lexical baseline beside every evaluation, as in the paper's tables.
+      summary["BM25"] = evaluate.recall_report(
+          evaluate.bm25_ranking(entities, mentions, max(ks)), mentions, ks)
+      writer.results(f"{name}/BM25", summary["BM25"], step)
+    for system, report in summary.items():
+      logging.info("%s %s: %s", name, system, " ".join(
+          f"R@{k}={report[f'macro/recall@{k}']:.3f}" for k in ks))
   writer.close()
   logging.info("Bi-encoder done in %.0fs.", time.time() - t_start)
   return {"model": model, "metrics": results}

@@ -68,4 +68,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict()
   config.eval.ks = (1, 2, 4, 8, 16, 32, 64, 100)
   config.eval.batch_size = 128
+  config.eval.bm25 = True  # Report BM25 beside the bi-encoder.
   return config
