@@ -46,7 +46,7 @@ class DataError(ValueError):
     self.reason = reason
 
 
-class _LineError(Exception):
+class LineError(Exception):
   """Raised by the per-line parsers; the reader adds the file and line to it."""
 
   def __init__(self, what: str, reason: str):
@@ -162,26 +162,26 @@ def _field(obj: dict, key: str, kind: type | tuple[type, ...], *, where: str = "
   if key not in obj or (optional and obj[key] is None):
     if optional:
       return None
-    raise _LineError(f"{where}missing field {key!r}", "missing_field")
+    raise LineError(f"{where}missing field {key!r}", "missing_field")
   value = obj[key]
   kinds = kind if isinstance(kind, tuple) else (kind,)
   if isinstance(value, bool) or not isinstance(value, kinds):
     names = " or ".join(k.__name__ for k in kinds)
-    raise _LineError(f"{where}field {key!r} must be {names}, got {type(value).__name__} "
+    raise LineError(f"{where}field {key!r} must be {names}, got {type(value).__name__} "
                      f"{value!r:.40}", "bad_field")
   return value
 
 
 def _check_label(label_id: int, catalogue_ids: set[int] | None, where: str = "") -> None:
   if catalogue_ids is not None and label_id != NIL_ID and label_id not in catalogue_ids:
-    raise _LineError(f"{where}label_id {label_id} is not in the entity catalogue",
+    raise LineError(f"{where}label_id {label_id} is not in the entity catalogue",
                      "label_not_in_catalogue")
 
 
 def _parse_entity(obj: dict) -> Entity:
   eid = _field(obj, "id", int)
   if eid < 0:
-    raise _LineError(f"entity id must be >= 0, got {eid}", "bad_field")
+    raise LineError(f"entity id must be >= 0, got {eid}", "bad_field")
   return Entity(id=eid, title=_field(obj, "title", str), text=_field(obj, "text", str),
                 world=_field(obj, "world", str, optional=True))
 
@@ -203,19 +203,19 @@ def _parse_mention(obj: dict, catalogue_ids: set[int] | None) -> Mention:
 def _parse_span(obj: Any, text: str, i: int, catalogue_ids: set[int] | None) -> Span:
   where = f"mentions[{i}]: "
   if not isinstance(obj, dict):
-    raise _LineError(f"{where}must be an object, got {type(obj).__name__}", "bad_field")
+    raise LineError(f"{where}must be an object, got {type(obj).__name__}", "bad_field")
   start = _field(obj, "start", int, where=where)
   end = _field(obj, "end", int, where=where)
   label_id = _field(obj, "label_id", int, where=where, optional=True)
   label_title = _field(obj, "label_title", str, where=where, optional=True)
   mention = _field(obj, "mention", str, where=where, optional=True)
   if label_id is None and label_title is None:
-    raise _LineError(f"{where}needs 'label_id' or 'label_title'", "missing_field")
+    raise LineError(f"{where}needs 'label_id' or 'label_title'", "missing_field")
   if not 0 <= start < end <= len(text):
-    raise _LineError(f"{where}span [{start}, {end}) is empty or outside the text "
+    raise LineError(f"{where}span [{start}, {end}) is empty or outside the text "
                      f"(length {len(text)})", "bad_span")
   if mention is not None and text[start:end] != mention:
-    raise _LineError(f"{where}mention {mention!r} does not match text[{start}:{end}] = "
+    raise LineError(f"{where}mention {mention!r} does not match text[{start}:{end}] = "
                      f"{text[start:end]!r}", "bad_span")
   if label_id is not None:
     _check_label(label_id, catalogue_ids, where)
@@ -235,6 +235,27 @@ def _parse_document(obj: dict, catalogue_ids: set[int] | None) -> Document:
 # ---------------------------------------------------------------------------------- readers
 
 
+def decode_line(raw: bytes) -> dict | None:
+  """One raw jsonl line as a JSON object; None for a blank line.
+
+  Raises LineError (invalid UTF-8, not JSON, not an object) for the caller
+  to report with its file and line number.
+  """
+  try:
+    line = raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise LineError(f"invalid UTF-8 at byte {e.start}", "invalid_utf8") from None
+  if not line.strip():
+    return None
+  try:
+    obj = json.loads(line)
+  except json.JSONDecodeError as e:
+    raise LineError(f"not valid JSON ({e.msg} at column {e.colno})", "not_json") from None
+  if not isinstance(obj, dict):
+    raise LineError(f"expected a JSON object, got {type(obj).__name__}", "not_object")
+  return obj
+
+
 def _iter_records(path: PathLike, parse: Callable[[dict], T], *, skip_bad: bool,
                   stats: ReadStats | None) -> Iterator[T]:
   """Yields parse(obj) for each non-blank line; errors name the file and line."""
@@ -244,20 +265,11 @@ def _iter_records(path: PathLike, parse: Callable[[dict], T], *, skip_bad: bool,
   with open(path, "rb") as f:  # Binary, so a bad byte is reported with its own line number.
     for lineno, raw in enumerate(f, start=1):
       try:
-        try:
-          line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-          raise _LineError(f"invalid UTF-8 at byte {e.start}", "invalid_utf8") from None
-        if not line.strip():
+        obj = decode_line(raw)
+        if obj is None:
           continue
-        try:
-          obj = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise _LineError(f"not valid JSON ({e.msg} at column {e.colno})", "not_json") from None
-        if not isinstance(obj, dict):
-          raise _LineError(f"expected a JSON object, got {type(obj).__name__}", "not_object")
         record = parse(obj)
-      except _LineError as e:
+      except LineError as e:
         if not skip_bad:
           raise DataError(f"{path}:{lineno}: {e.what}", e.reason) from None
         stats.skipped += 1
@@ -280,7 +292,7 @@ def iter_entities(path: PathLike, *, skip_bad: bool = False,
   def parse(obj: dict) -> Entity:
     entity = _parse_entity(obj)
     if entity.id in seen:
-      raise _LineError(f"duplicate entity id {entity.id}", "duplicate_id")
+      raise LineError(f"duplicate entity id {entity.id}", "duplicate_id")
     seen.add(entity.id)
     return entity
 

@@ -36,10 +36,10 @@ from etils import epath
 import numpy as np
 import tensorflow_datasets as tfds
 
-# _LineError and _field are jsonl's per-line error and field check: reusing them keeps messages
+# LineError and _field are jsonl's per-line error and field check: reusing them keeps messages
 # and skip reasons identical across every reader of the package.
-from blink_jax.data.jsonl import (DataError, Entity, Mention, PathLike, ReadStats, _field,
-                                  _LineError)
+from blink_jax.data.jsonl import (DataError, Entity, LineError, Mention, PathLike, ReadStats,
+                                  _field, decode_line)
 
 log = logging.getLogger(__name__)
 
@@ -74,20 +74,11 @@ def _read_json_lines(path: Path, parse: Callable[[dict, int], T], *, skip_bad: b
     for lineno, raw in enumerate(f, start=1):
       line_offset, offset = offset, offset + len(raw)
       try:
-        try:
-          line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-          raise _LineError(f"invalid UTF-8 at byte {e.start}", "invalid_utf8") from None
-        if not line.strip():
+        obj = decode_line(raw)
+        if obj is None:
           continue
-        try:
-          obj = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise _LineError(f"not valid JSON ({e.msg} at column {e.colno})", "not_json") from None
-        if not isinstance(obj, dict):
-          raise _LineError(f"expected a JSON object, got {type(obj).__name__}", "not_object")
         record = parse(obj, line_offset)
-      except _LineError as e:
+      except LineError as e:
         if not skip_bad:
           raise DataError(f"{path}:{lineno}: {e.what}", e.reason) from None
         stats.skipped += 1
@@ -145,7 +136,7 @@ def _index_documents(raw_dir: Path, *, skip_bad: bool, stats: ReadStats) -> _Ind
       title = _field(obj, "title", str)
       _field(obj, "text", str)
       if doc_id in docs:  # The loop below files each line before the next is parsed.
-        raise _LineError(f"duplicate document_id {doc_id!r}", "duplicate_id")
+        raise LineError(f"duplicate document_id {doc_id!r}", "duplicate_id")
       return doc_id, title, offset
 
     for doc_id, title, offset in _read_json_lines(path, parse, skip_bad=skip_bad, stats=stats):
@@ -203,26 +194,26 @@ def _iter_mentions(index: _Index, split: str, *, skip_bad: bool,
     world = _field(obj, "corpus", str)
     if world not in split_worlds:
       # A mention of another split's world would leak entities across the zero-shot split.
-      raise _LineError(f"corpus {world!r} is not a {split} world", "world_not_in_split")
+      raise LineError(f"corpus {world!r} is not a {split} world", "world_not_in_split")
     docs = index.docs.get(world, {})
     context = docs.get(context_id)
     if context is None:
-      raise _LineError(f"context document {context_id!r} not found in {world} documents",
+      raise LineError(f"context document {context_id!r} not found in {world} documents",
                        "document_not_found")
     label = docs.get(label_id)
     if label is None:
-      raise _LineError(f"label document {label_id!r} not found in {world} documents",
+      raise LineError(f"label document {label_id!r} not found in {world} documents",
                        "document_not_found")
     toks = tokens(world, context)
     if start > end:
-      raise _LineError(f"start_index {start} > end_index {end}", "bad_span")
+      raise LineError(f"start_index {start} > end_index {end}", "bad_span")
     if start < 0 or end >= len(toks):
-      raise _LineError(f"span [{start}, {end}] is outside the context document "
+      raise LineError(f"span [{start}, {end}] is outside the context document "
                        f"({len(toks)} tokens)", "bad_span")
     mention = " ".join(toks[start:end + 1])
     # Case-insensitive, as BLINK checks it, so that we refuse nothing BLINK accepts.
     if mention.lower() != surface.lower():
-      raise _LineError(f"mention text {surface!r} does not match tokens[{start}:{end + 1}] = "
+      raise LineError(f"mention text {surface!r} does not match tokens[{start}:{end + 1}] = "
                        f"{mention!r}", "mention_mismatch")
     return Mention(
         context_left=" ".join(toks[max(0, start - CONTEXT_TOKENS):start]),
