@@ -46,15 +46,16 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
                len(data.train), len(test))
   ks = list(config.eval.ks)
 
-  rows = {"BM25": evaluate.recall_report(
-      evaluate.bm25_ranking(test_entities, test, max(ks)), test, ks)}
+  rows = {}
   tok = tokenization.Tokenizer.from_pretrained(
       bert_checkpoint.resolve(config.tokenizer))
   untrained = biencoder.build(config.model, vocab_size=tok.vocab_size, seed=config.seed)
   rows["bi-encoder (untrained)"] = evaluate.biencoder_report(
       untrained, tok, test_entities, test, config)
   trained = train_biencoder.train_and_evaluate(config, workdir, data)
-  rows["bi-encoder (trained)"] = trained["metrics"]["test"]
+  bm25 = trained["baselines"]["test"].get("BM25") or evaluate.recall_report(
+      evaluate.bm25_ranking(test_entities, test, max(ks)), test, ks)
+  rows = {"BM25": bm25, **rows, "bi-encoder (trained)": trained["metrics"]["test"]}
 
   writer = metric_writer.MetricWriter(workdir)
   for name, report in rows.items():

@@ -186,8 +186,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        data: sources.LinkingData | None = None) -> dict:
   """Trains the bi-encoder of `config` in `workdir`, resuming if possible.
 
-  Returns {"model": the trained BiEncoder, "metrics": final eval reports,
-  "params": final parameters}.
+  Returns {"model": the trained BiEncoder, "metrics": {eval set: recall
+  report}, "baselines": {eval set: {"BM25": recall report}}}.
   """
   t_start = time.time()
   writer = metric_writer.MetricWriter(workdir)
@@ -301,7 +301,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 
 def _final_eval(model, tok, data, config, mesh, writer, step, t_start) -> dict:
-  results = {}
+  results, baselines = {}, {}
   ks = list(config.eval.ks)
   catalogues = {}  # Each distinct entity pool is embedded once.
   for name, mentions in data.evals.items():
@@ -318,9 +318,10 @@ def _final_eval(model, tok, data, config, mesh, writer, step, t_start) -> dict:
       summary["BM25"] = evaluate.recall_report(
           evaluate.bm25_ranking(entities, mentions, max(ks)), mentions, ks)
       writer.results(f"{name}/BM25", summary["BM25"], step)
+    baselines[name] = {k: v for k, v in summary.items() if k != "bi-encoder"}
     for system, report in summary.items():
       logging.info("%s %s: %s", name, system, " ".join(
           f"R@{k}={report[f'macro/recall@{k}']:.3f}" for k in ks))
   writer.close()
   logging.info("Bi-encoder done in %.0fs.", time.time() - t_start)
-  return {"model": model, "metrics": results}
+  return {"model": model, "metrics": results, "baselines": baselines}
