@@ -111,11 +111,59 @@ class BertOutput(NamedTuple):
   cls: Array       # [batch, hidden]: the [CLS] token's last hidden state.
 
 
+@jax.custom_vjp
+def _matmul(x: Array, w: Array) -> Array:
+  """x @ w over x's last axis, with a backward pass laid out for XLA:CPU."""
+  return jax.lax.dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ())))
+
+
+def _matmul_fwd(x, w):
+  return _matmul(x, w), (x, w)
+
+
+def _matmul_bwd(residuals, g):
+  x, w = residuals
+  dx = jax.lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())))  # g @ w.T
+  x2, g2 = x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1])
+  # dW = x^T g contracts over the tokens, the leading axis of both. XLA:CPU
+  # runs that as an Eigen GEMM on transposed operands (after transposing g
+  # itself, 25 MB for the FFN), beside and competing with the YNNPACK
+  # matmuls. Transposing the narrower operand explicitly (the barrier stops
+  # XLA from folding the transpose back into the dot) turns it into a plain
+  # row-major GEMM that YNNPACK takes: -7% on a MiniLM training step.
+  barrier = jax.lax.optimization_barrier
+  if x2.shape[1] <= g2.shape[1]:
+    dw = barrier(x2.T) @ g2
+  else:
+    dw = (barrier(g2.T) @ x2).T
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def _dense_dot_general(lhs, rhs, dimension_numbers, precision=None,
+                       preferred_element_type=None, out_sharding=None):
+  """`nnx.Linear`'s dot_general: `_matmul` on CPU, lax.dot_general elsewhere.
+
+  Accelerator compilers take transposed operands natively, where a forced
+  transpose would only cost memory traffic.
+  """
+  plain = (dimension_numbers == (((lhs.ndim - 1,), (0,)), ((), ()))
+           and rhs.ndim == 2 and precision is None
+           and preferred_element_type is None and out_sharding is None)
+  if plain and jax.default_backend() == "cpu":
+    return _matmul(lhs, rhs)
+  return jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision,
+                             preferred_element_type=preferred_element_type,
+                             out_sharding=out_sharding)
+
+
 def _dense(cfg: BertConfig, din: int, dout: int, rngs: nnx.Rngs) -> nnx.Linear:
   return nnx.Linear(
       din, dout, dtype=jnp.dtype(cfg.dtype), param_dtype=jnp.dtype(cfg.param_dtype),
       kernel_init=nnx.initializers.truncated_normal(cfg.initializer_range),
-      rngs=rngs)
+      dot_general=_dense_dot_general, rngs=rngs)
 
 
 def _layer_norm(cfg: BertConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
@@ -124,6 +172,39 @@ def _layer_norm(cfg: BertConfig, rngs: nnx.Rngs) -> nnx.LayerNorm:
   return nnx.LayerNorm(cfg.hidden_size, epsilon=cfg.layer_norm_eps,
                        dtype=jnp.float32, param_dtype=jnp.dtype(cfg.param_dtype),
                        rngs=rngs)
+
+
+class Dropout(nnx.Dropout):
+  """`nnx.Dropout` that draws two 16-bit uniforms from each 32-bit random word.
+
+  Same module, RNG stream and `deterministic` / `model.eval()` behaviour as
+  `nnx.Dropout`; only the mask is drawn differently. `nnx.Dropout` hashes one
+  threefry word per element, and on CPU threefry runs as a rolled loop over
+  the whole array: the masks took 0.45 s of a 1.26 s training forward pass
+  (MiniLM, 32 x 128). Splitting each word into two 16-bit draws halves the
+  hashing and cut that forward to 0.98 s. An element is dropped when its
+  draw is below round(rate * 2**16), i.e. with probability rate +- 8e-6.
+  """
+
+  def __call__(self, inputs: Array, *, deterministic: bool | None = None,
+               rngs: nnx.Rngs | nnx.RngStream | Array | None = None) -> Array:
+    deterministic = self.deterministic if deterministic is None else deterministic
+    if (deterministic or self.rate == 0.0 or self.rate == 1.0
+        or self.broadcast_dims or inputs.ndim == 0 or inputs.shape[-1] % 2):
+      return super().__call__(inputs, deterministic=deterministic, rngs=rngs)
+    if rngs is None:
+      rngs = self.rngs
+    if isinstance(rngs, nnx.Rngs):
+      key = rngs[self.rng_collection]()
+    elif isinstance(rngs, nnx.RngStream):
+      key = rngs()
+    else:
+      key = rngs
+    shape = inputs.shape
+    words = jax.random.bits(key, shape[:-1] + (shape[-1] // 2,), jnp.uint32)
+    draws = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(shape)
+    keep = draws >= jnp.uint16(round(self.rate * 2 ** 16))
+    return jax.lax.select(keep, inputs / (1.0 - self.rate), jnp.zeros_like(inputs))
 
 
 class Embeddings(nnx.Module):
@@ -139,7 +220,7 @@ class Embeddings(nnx.Module):
     self.segment = nnx.Embed(cfg.type_vocab_size, cfg.hidden_size,
                              param_dtype=pd, embedding_init=init, rngs=rngs)
     self.norm = _layer_norm(cfg, rngs)
-    self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+    self.dropout = Dropout(cfg.dropout, rngs=rngs)
 
   def __call__(self, input_ids: Array, segment_ids: Array) -> Array:
     length = input_ids.shape[-1]
@@ -155,7 +236,7 @@ class SelfAttention(nnx.Module):
     self.cfg = cfg
     self.qkv = _dense(cfg, cfg.hidden_size, 3 * cfg.hidden_size, rngs)
     self.out = _dense(cfg, cfg.hidden_size, cfg.hidden_size, rngs)
-    self.attention_dropout = nnx.Dropout(cfg.attention_dropout, rngs=rngs)
+    self.attention_dropout = Dropout(cfg.attention_dropout, rngs=rngs)
 
   def __call__(self, x: Array, key_mask: Array) -> Array:
     """x: [B, T, H]; key_mask: [B, T] bool, False on padding keys."""
@@ -249,12 +330,16 @@ class Layer(nnx.Module):
     self.ffn_in = _dense(cfg, cfg.hidden_size, cfg.intermediate_size, rngs)
     self.ffn_out = _dense(cfg, cfg.intermediate_size, cfg.hidden_size, rngs)
     self.ffn_norm = _layer_norm(cfg, rngs)
-    self.dropout = nnx.Dropout(cfg.dropout, rngs=rngs)
+    self.dropout = Dropout(cfg.dropout, rngs=rngs)
     self.dtype = jnp.dtype(cfg.dtype)
 
   def __call__(self, x: Array, key_mask: Array) -> Array:
     h = self.dropout(self.attention(x.astype(self.dtype), key_mask))
     x = self.attention_norm(x + h)
+    # Exact GELU through erfc, as jax.nn.gelu computes it. The algebraically
+    # equal x/2 * (1 + erf(x/sqrt2)) is 3x faster on its own, but XLA:CPU then
+    # pulls erf, both FFN matmuls and the LayerNorm into one YNNPACK fusion
+    # that runs the whole model 12% slower (811 vs 714 ms per batch).
     h = jax.nn.gelu(self.ffn_in(x.astype(self.dtype)), approximate=False)
     h = self.dropout(self.ffn_out(h))
     return self.ffn_norm(x + h)
