@@ -61,7 +61,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
   for name, report in rows.items():
     writer.results(f"test/{name}", report)
   writer.close()
-  print(f"\nZero-shot retrieval on {len({m.world for m in test})} unseen worlds "
+  print(f"\nZero-shot retrieval on {len(set(test.worlds))} unseen worlds "
         f"({len(test)} mentions, macro-averaged over worlds):")
   print(format_table(rows, ks))
   print(f"\n[{time.time() - t0:.0f}s] metrics in {os.path.join(workdir, 'metrics.json')}")

@@ -1,9 +1,8 @@
 """Retrieval evaluation: encode a catalogue and mentions, rank, report recall@k.
 
 Zeshel ranks each mention only against the entities of its own world; other
-data (one knowledge base) is a single group. Ranking here is exact (a dot
-product and top-k per world on the default device); scale-out search lives in
-the index.
+data (one knowledge base) is a single group. Dense ranking goes through the
+entity index (index.py, exact back end, sharded over the mesh).
 """
 
 from __future__ import annotations
@@ -20,10 +19,12 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from blink_jax import bm25
+from blink_jax import index as index_lib
 from blink_jax import metrics
 from blink_jax import sharding
 from blink_jax import tokenization
 from blink_jax.data.jsonl import Entity, Mention
+from blink_jax.data.records import Records
 
 EmbedFn = Callable[[np.ndarray, np.ndarray], jax.Array]
 ALL = "all"  # The group name of data without worlds.
@@ -35,77 +36,64 @@ def progress(total: int, *, desc: str, initial: int = 0) -> tqdm:
               disable=jax.process_index() != 0)
 
 
-def tower_fn(tower: nnx.Module, mesh: Mesh | None = None) -> EmbedFn:
+def tower_fn(tower: nnx.Module, mesh: Mesh) -> EmbedFn:
   """A jitted `(ids, mask) -> embeddings` for one encoder tower, in eval mode.
 
-  Inputs are split over the mesh's devices (and hosts); the output is
-  replicated so that every process can read all embeddings.
+  Inputs are global arrays split over the mesh's devices (and hosts); the
+  output is replicated so that every process can read all embeddings.
   """
-  mesh = mesh or sharding.make_mesh()
   tower.eval()
   graphdef, state = nnx.split(tower)
-  in_sh = sharding.batch_sharding(mesh)
 
   @functools.partial(jax.jit, out_shardings=sharding.replicated(mesh))
   def embed(state, ids, mask):
     return nnx.merge(graphdef, state)(ids, mask)
 
-  def put(x):  # Every process holds the full host array; each sends its shards.
-    return jax.make_array_from_callback(x.shape, in_sh, lambda idx: x[idx])
-
-  return lambda ids, mask: embed(state, put(ids), put(mask))
+  return lambda ids, mask: embed(state, ids, mask)
 
 
-def encode(embed: EmbedFn, batch: tokenization.TokenBatch, *, batch_size: int,
+def encode(tower: nnx.Module, tokenize: Callable[[np.ndarray], tokenization.TokenBatch],
+           n: int, *, batch_size: int, mesh: Mesh | None = None,
            desc: str = "encoding") -> np.ndarray:
-  """Embeds every row of `batch`, `batch_size` rows per call, with a progress bar.
+  """Embeds rows 0..n-1, `batch_size` rows per call, with a progress bar.
 
-  batch_size is rounded up to a multiple of the device count, and the last
-  call is padded to it, so that the function compiles once.
+  `tokenize(rows)` reads and tokenizes those rows. Each call's rows are split
+  over the processes, and each process tokenizes only its own block, so a
+  catalogue is read once in all, in a stream. batch_size is rounded up to a
+  multiple of the device count and the last call is padded, so that the
+  function compiles once.
   """
-  n_dev = jax.device_count()
+  mesh = mesh or sharding.make_mesh()
+  embed = tower_fn(tower, mesh)
+  n_dev, n_proc = mesh.size, jax.process_count()
   batch_size = -(-batch_size // n_dev) * n_dev
-  n = len(batch)
+  per = batch_size // n_proc
   chunks = []
   for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch",
                     disable=jax.process_index() != 0, leave=False):
-    ids = batch.ids[start:start + batch_size]
-    mask = batch.mask[start:start + batch_size]
-    real = ids.shape[0]
-    if real < batch_size:
-      pad = ((0, batch_size - real), (0, 0))
-      # Padding rows hold one [CLS]-like token so no row is fully masked.
-      ids, mask = np.pad(ids, pad), np.pad(mask, pad, constant_values=1)
-    chunks.append(np.asarray(embed(ids, mask))[:real])
+    first = start + jax.process_index() * per
+    rows = np.arange(first, min(first + per, n))
+    # A process past the end still tokenizes one row, for the common width.
+    local = tokenize(rows if len(rows) else np.zeros(1, np.int64))
+    ids = np.zeros((per, local.ids.shape[1]), local.ids.dtype)
+    mask = np.zeros_like(local.mask, shape=ids.shape)
+    mask[:, 0] = 1  # Padding rows hold one [CLS]-like token so no row is fully masked.
+    ids[:len(rows)], mask[:len(rows)] = local.ids[:len(rows)], local.mask[:len(rows)]
+    batch = sharding.global_batch({"ids": ids, "mask": mask}, mesh)
+    chunks.append(np.asarray(embed(batch["ids"], batch["mask"]))[:min(batch_size, n - start)])
   return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 
 
-def _groups(worlds: Sequence[str | None]) -> dict[str, np.ndarray]:
+def _groups(worlds: np.ndarray) -> dict[str, np.ndarray]:
+  """Row indices per world; records without a world form the group ALL."""
   rows = collections.defaultdict(list)
   for i, w in enumerate(worlds):
     rows[w if w is not None else ALL].append(i)
   return {w: np.asarray(r, np.int64) for w, r in sorted(rows.items())}
 
 
-@jax.jit
-def _scores(q, e):
-  return q @ e.T
-
-
-def rank_exact(queries: np.ndarray, entities: np.ndarray, k: int,
-               chunk: int = 1024) -> np.ndarray:
-  """Row indices of the k best entities per query, by dot product, best first."""
-  k = min(k, entities.shape[0])
-  e = jnp.asarray(entities)
-  out = []
-  for start in range(0, queries.shape[0], chunk):
-    _, idx = jax.lax.top_k(_scores(jnp.asarray(queries[start:start + chunk]), e), k)
-    out.append(np.asarray(idx))
-  return np.concatenate(out) if out else np.zeros((0, k), np.int64)
-
-
 def rank_per_world(rank: Callable[[np.ndarray, np.ndarray, int], np.ndarray],
-                   entities: Sequence[Entity], mentions: Sequence[Mention],
+                   entities: Records[Entity], mentions: Records[Mention],
                    k: int) -> np.ndarray:
   """Ranks each mention against its own world's entities; returns entity ids.
 
@@ -113,10 +101,10 @@ def rank_per_world(rank: Callable[[np.ndarray, np.ndarray, int], np.ndarray],
   entity_rows, best first. Worlds are those of the records (None = one KB).
   Rows are padded with -1 where a world has fewer than k entities.
   """
-  entity_ids = np.asarray([e.id for e in entities], np.int64)
-  by_world = _groups([e.world for e in entities])
+  entity_ids = entities.labels
+  by_world = _groups(entities.worlds)
   ranked = np.full((len(mentions), k), -1, np.int64)
-  for world, m_rows in _groups([m.world for m in mentions]).items():
+  for world, m_rows in _groups(mentions.worlds).items():
     e_rows = by_world.get(world)
     if e_rows is None:
       raise ValueError(f"Mentions of world {world!r} but no entity of it.")
@@ -125,17 +113,17 @@ def rank_per_world(rank: Callable[[np.ndarray, np.ndarray, int], np.ndarray],
   return ranked
 
 
-def recall_report(ranked_ids: np.ndarray, mentions: Sequence[Mention],
+def recall_report(ranked_ids: np.ndarray, mentions: Records[Mention],
                   ks: Sequence[int]) -> dict:
   """recall@k per world, with macro and micro averages over worlds."""
-  gold = np.asarray([m.label_id for m in mentions], np.int64)
+  gold = mentions.labels
   per_world = {
       world: metrics.recall_at_k(ranked_ids[rows], gold[rows], ks)
-      for world, rows in _groups([m.world for m in mentions]).items()}
+      for world, rows in _groups(mentions.worlds).items()}
   return {"per_world": per_world, **metrics.macro_micro(per_world)}
 
 
-def entity_texts(entities: Sequence[Entity]) -> list[str]:
+def entity_texts(entities: Records[Entity]) -> list[str]:
   return [f"{e.title} {e.text}" for e in entities]
 
 
@@ -145,12 +133,12 @@ def entity_texts(entities: Sequence[Entity]) -> list[str]:
 BM25_MENTION_REPEAT = 3
 
 
-def bm25_queries(mentions: Sequence[Mention]) -> list[str]:
+def bm25_queries(mentions: Records[Mention]) -> list[str]:
   return [f"{(m.mention + ' ') * BM25_MENTION_REPEAT}{m.context_left}{m.mention}"
           f"{m.context_right}" for m in mentions]
 
 
-def bm25_ranking(entities: Sequence[Entity], mentions: Sequence[Mention],
+def bm25_ranking(entities: Records[Entity], mentions: Records[Mention],
                  k: int) -> np.ndarray:
   """BM25 ranking per world: the lexical baseline of every results table."""
   index = bm25.BM25Index.build(entity_texts(entities))
@@ -167,36 +155,39 @@ def bm25_ranking(entities: Sequence[Entity], mentions: Sequence[Mention],
 
 
 def dense_ranking(query_emb: np.ndarray, entity_emb: np.ndarray,
-                  entities: Sequence[Entity], mentions: Sequence[Mention],
-                  k: int) -> np.ndarray:
-  """Exact dot-product ranking per world from precomputed embeddings."""
-  def rank(m_rows, e_rows, k):
-    return rank_exact(query_emb[m_rows], entity_emb[e_rows], k)
-  return rank_per_world(rank, entities, mentions, k)
+                  entities: Records[Entity], mentions: Records[Mention],
+                  k: int, mesh: Mesh | None = None) -> np.ndarray:
+  """Exact dot-product ranking, each mention within its world, through the index."""
+  index = index_lib.Index.build(entity_emb, entities.labels, None, entities.worlds,
+                                backend="exact", mesh=mesh)
+  worlds = None if set(mentions.worlds) == {None} else mentions.worlds
+  return index.search(query_emb, k, worlds)[1]
 
 
-def embed_entities(model, tok: tokenization.Tokenizer, entities: Sequence[Entity],
+def embed_entities(model, tok: tokenization.Tokenizer, entities: Records[Entity],
                    config, mesh: Mesh | None = None) -> np.ndarray:
-  """Entity-tower embeddings of a catalogue, [E, d]."""
-  batch = tok.encode_entities([e.title for e in entities], [e.text for e in entities],
-                              config.data.max_entity_len)
-  return encode(tower_fn(model.entity_encoder, mesh), batch,
-                batch_size=config.eval.batch_size, desc="entities")
+  """Entity-tower embeddings of a catalogue, [E, d], read in a stream."""
+  def tokenize(rows):
+    es = entities.take(rows)
+    return tok.encode_entities([e.title for e in es], [e.text for e in es],
+                               config.data.max_entity_len)
+  return encode(model.entity_encoder, tokenize, len(entities),
+                batch_size=config.eval.batch_size, mesh=mesh, desc="entities")
 
 
-def embed_mentions(model, tok: tokenization.Tokenizer, mentions: Sequence[Mention],
+def embed_mentions(model, tok: tokenization.Tokenizer, mentions: Records[Mention],
                    config, mesh: Mesh | None = None) -> np.ndarray:
   """Context-tower embeddings of mentions, [N, d]."""
-  batch = tok.encode_mentions([m.context_left for m in mentions],
-                              [m.mention for m in mentions],
-                              [m.context_right for m in mentions],
-                              config.data.max_context_len)
-  return encode(tower_fn(model.context_encoder, mesh), batch,
-                batch_size=config.eval.batch_size, desc="mentions")
+  def tokenize(rows):
+    ms = mentions.take(rows)
+    return tok.encode_mentions([m.context_left for m in ms], [m.mention for m in ms],
+                               [m.context_right for m in ms], config.data.max_context_len)
+  return encode(model.context_encoder, tokenize, len(mentions),
+                batch_size=config.eval.batch_size, mesh=mesh, desc="mentions")
 
 
 def biencoder_report(model, tok: tokenization.Tokenizer,
-                     entities: Sequence[Entity], mentions: Sequence[Mention],
+                     entities: Records[Entity], mentions: Records[Mention],
                      config, mesh: Mesh | None = None,
                      entity_emb: np.ndarray | None = None) -> dict:
   """Recall@k of the bi-encoder `model`, per world with macro/micro averages.
@@ -207,12 +198,12 @@ def biencoder_report(model, tok: tokenization.Tokenizer,
   if entity_emb is None:
     entity_emb = embed_entities(model, tok, entities, config, mesh)
   ctx = embed_mentions(model, tok, mentions, config, mesh)
-  return recall_report(dense_ranking(ctx, entity_emb, entities, mentions, max(ks)),
+  return recall_report(dense_ranking(ctx, entity_emb, entities, mentions, max(ks), mesh),
                        mentions, ks)
 
 
-def hard_negatives(model, tok: tokenization.Tokenizer, entities: Sequence[Entity],
-                   mentions: Sequence[Mention], num: int, config,
+def hard_negatives(model, tok: tokenization.Tokenizer, entities: Records[Entity],
+                   mentions: Records[Mention], num: int, config,
                    mesh: Mesh | None = None) -> np.ndarray:
   """The `num` highest-scoring wrong entities of each mention, within its world.
 
@@ -220,11 +211,16 @@ def hard_negatives(model, tok: tokenization.Tokenizer, entities: Sequence[Entity
   """
   ent = embed_entities(model, tok, entities, config, mesh)
   ctx = embed_mentions(model, tok, mentions, config, mesh)
-  ranked = dense_ranking(ctx, ent, entities, mentions, num + 1)
-  row_of = {e.id: i for i, e in enumerate(entities)}
-  gold = np.asarray([m.label_id for m in mentions])
-  out = np.full((len(mentions), num), -1, np.int64)
-  for i in range(len(mentions)):
-    negs = [row_of[x] for x in ranked[i] if x >= 0 and x != gold[i]][:num]
-    out[i, :len(negs)] = negs
-  return out
+  return negatives_from_ranking(dense_ranking(ctx, ent, entities, mentions, num + 1, mesh),
+                                entities, mentions, num)
+
+
+def negatives_from_ranking(ranked: np.ndarray, entities: Records[Entity],
+                           mentions: Records[Mention], num: int) -> np.ndarray:
+  """The first `num` non-gold entity ids of each ranking, as rows into `entities`."""
+  wrong = (ranked >= 0) & (ranked != mentions.labels[:, None])
+  # Stable sort of "is not wrong" moves the wrong ids to the front, in rank order.
+  order = np.argsort(~wrong, axis=1, kind="stable")[:, :num]
+  keep = np.take_along_axis(wrong, order, axis=1)
+  rows = entities.positions_of(np.take_along_axis(ranked, order, axis=1))
+  return np.where(keep, rows, -1)

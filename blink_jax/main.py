@@ -29,6 +29,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 MODES = {
     "demo": "blink_jax.demo:run",
     "train_biencoder": "blink_jax.train_biencoder:train_and_evaluate",
+    "index": "blink_jax.build_index:run",
 }
 
 

@@ -164,7 +164,7 @@ def make_train_step(fm: Functional, tx: optax.GradientTransformation,
     (loss, metrics), grads = loss_and_grads(state["params"], batch, key)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics = {**metrics, "grad_norm": optax.global_norm(grads),
+    metrics = {**metrics, "grad_norm": optax.tree.norm(grads),
                "learning_rate": schedule(state["step"])}
     new = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
     return new, metrics
@@ -300,13 +300,38 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   return _final_eval(current_model(), tok, data, config, mesh, writer, step, t_start)
 
 
+def load_trained(config: ml_collections.ConfigDict, workdir: str,
+                 mesh=None) -> tuple[biencoder.BiEncoder, int]:
+  """The bi-encoder of the latest checkpoint in `workdir`, and its step."""
+  mesh = mesh or sharding.make_mesh(config.get("mesh"))
+  tok_vocab = tokenization.Tokenizer.from_pretrained(
+      bert_checkpoint.resolve(config.tokenizer)).vocab_size
+  model = biencoder.build(config.model, vocab_size=tok_vocab, seed=config.seed)
+  fm, params = Functional.split(model)
+  tx, _ = optim.make(config.optim, 1)  # Only the state's shapes matter here.
+  param_sh = sharding.tree_shardings(mesh, params)
+  opt_shapes = jax.eval_shape(tx.init, params)
+  state = {"params": params, "opt_state": opt_shapes, "step": jnp.zeros((), jnp.int32)}
+  state_sh = {"params": param_sh, "opt_state": sharding.tree_shardings(mesh, opt_shapes),
+              "step": sharding.replicated(mesh)}
+  ckpt = ckpt_lib.Checkpointer(workdir, every=0, keep=config.train.keep_checkpoints,
+                               fingerprint=fingerprint(config))
+  restored = ckpt.restore(ckpt_lib.abstract(state, state_sh))
+  ckpt.close()
+  if restored is None:
+    raise FileNotFoundError(f"No bi-encoder checkpoint in {workdir}/checkpoints: "
+                            "train first (--config.mode=train_biencoder).")
+  state, _ = restored
+  return fm.module(state["params"]), int(state["step"])
+
+
 def _final_eval(model, tok, data, config, mesh, writer, step, t_start) -> dict:
   results, baselines = {}, {}
   ks = list(config.eval.ks)
   catalogues = {}  # Each distinct entity pool is embedded once.
   for name, mentions in data.evals.items():
     entities = data.entities_for(mentions)
-    key = tuple(e.id for e in entities)
+    key = entities.labels.tobytes()
     if key not in catalogues:
       catalogues[key] = evaluate.embed_entities(model, tok, entities, config, mesh)
     results[name] = evaluate.biencoder_report(model, tok, entities, mentions, config,

@@ -69,4 +69,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval.ks = (1, 2, 4, 8, 16, 32, 64, 100)
   config.eval.batch_size = 128
   config.eval.bm25 = True  # Report BM25 beside the bi-encoder.
+
+  # The entity index (--config.mode=index builds it from the trained model).
+  config.index = ml_collections.ConfigDict()
+  config.index.dir = ""            # Default WORKDIR/index.
+  config.index.entities = ""       # Catalogue jsonl to index; "" = the data's catalogue.
+  config.index.backend = "auto"    # exact | scann | auto (ScaNN from 2M entities)
+  config.index.storage = "float32"  # float32 | bfloat16 | int8
+  config.index.k = 64              # Neighbours ScaNN is calibrated for.
+  config.index.target_recall = 0.95  # ScaNN recall@k against exact search.
+  config.index.add = ""            # jsonl of entities to add to the saved index.
+  config.index.delete = ""         # Ids to delete: "3,17" or a file of one id per line.
+  # ScaNN parameters; 0 derives them from the catalogue size and target recall.
+  config.index.scann = dict(num_leaves=0, leaves_to_search=0, reorder=0,
+                            training_sample_size=0)
   return config

@@ -135,8 +135,14 @@ def test_load_zeshel_builds_once_and_matches_convert(raw, tmp_path, monkeypatch)
   expected = converted(raw)
   for split in zeshel.SPLITS:
     entities, mentions = zeshel.load_zeshel(raw, data_dir, split)
-    assert entities == expected["entities"][split]
-    assert mentions == expected["mentions"][split]
+    assert list(entities) == expected["entities"][split]
+    assert list(mentions) == expected["mentions"][split]
+    # Columns in memory, records read by row.
+    assert list(entities.labels) == [e.id for e in expected["entities"][split]]
+    assert list(mentions.worlds) == [m.world for m in expected["mentions"][split]]
+    last = len(mentions) - 1
+    assert mentions.take([last, 0]) == [expected["mentions"][split][last],
+                                        expected["mentions"][split][0]]
   built = sorted(data_dir.glob("zeshel/*/1.0.0/*.array_record-*"))
   assert len(built) == 6  # 2 configs x 3 splits.
   mtimes = [p.stat().st_mtime_ns for p in built]
@@ -144,8 +150,9 @@ def test_load_zeshel_builds_once_and_matches_convert(raw, tmp_path, monkeypatch)
   def no_rebuild(*args, **kwargs):
     raise AssertionError("rebuilt a prepared dataset")
   monkeypatch.setattr(zeshel, "convert", no_rebuild)
-  assert zeshel.load_zeshel(raw, data_dir, "test") == (expected["entities"]["test"],
-                                                      expected["mentions"]["test"])
+  entities, mentions = zeshel.load_zeshel(raw, data_dir, "test")
+  assert (list(entities), list(mentions)) == (expected["entities"]["test"],
+                                              expected["mentions"]["test"])
   assert not zeshel.prepare_zeshel(raw, data_dir)
   assert [p.stat().st_mtime_ns for p in built] == mtimes
   # The registered builder reads by name, with random access.

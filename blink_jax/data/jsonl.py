@@ -27,6 +27,10 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any, Callable, TypeVar, Union
 
+import numpy as np
+
+from blink_jax.data import records as records_lib
+
 log = logging.getLogger(__name__)
 
 NIL_ID = -1  # label_id of a mention whose gold entity is not in the catalogue.
@@ -256,14 +260,16 @@ def decode_line(raw: bytes) -> dict | None:
   return obj
 
 
-def _iter_records(path: PathLike, parse: Callable[[dict], T], *, skip_bad: bool,
-                  stats: ReadStats | None) -> Iterator[T]:
-  """Yields parse(obj) for each non-blank line; errors name the file and line."""
+def _scan(path: PathLike, parse: Callable[[dict], T], *, skip_bad: bool,
+          stats: ReadStats | None) -> Iterator[tuple[int, T]]:
+  """Yields (byte offset, parse(obj)) per non-blank line; errors name the file and line."""
   stats = stats if stats is not None else ReadStats()
   skipped_before = stats.skipped
   reasons_before = collections.Counter(stats.reasons)
+  offset = 0
   with open(path, "rb") as f:  # Binary, so a bad byte is reported with its own line number.
     for lineno, raw in enumerate(f, start=1):
+      start, offset = offset, offset + len(raw)
       try:
         obj = decode_line(raw)
         if obj is None:
@@ -276,7 +282,7 @@ def _iter_records(path: PathLike, parse: Callable[[dict], T], *, skip_bad: bool,
         stats.reasons[e.reason] += 1
         continue
       stats.read += 1
-      yield record
+      yield start, record
   skipped = stats.skipped - skipped_before
   if skipped:
     new = stats.reasons - reasons_before
@@ -284,9 +290,18 @@ def _iter_records(path: PathLike, parse: Callable[[dict], T], *, skip_bad: bool,
     log.warning("%s: skipped %d bad line(s) (%s)", path, skipped, summary)
 
 
+def _iter_records(path: PathLike, parse: Callable[[dict], T], *, skip_bad: bool,
+                  stats: ReadStats | None) -> Iterator[T]:
+  return (record for _, record in _scan(path, parse, skip_bad=skip_bad, stats=stats))
+
+
 def iter_entities(path: PathLike, *, skip_bad: bool = False,
                   stats: ReadStats | None = None) -> Iterator[Entity]:
   """Streams the entity catalogue at `path`; duplicate ids are an error (or skipped)."""
+  return _iter_records(path, _entity_parser(), skip_bad=skip_bad, stats=stats)
+
+
+def _entity_parser() -> Callable[[dict], Entity]:
   seen: set[int] = set()
 
   def parse(obj: dict) -> Entity:
@@ -296,7 +311,7 @@ def iter_entities(path: PathLike, *, skip_bad: bool = False,
     seen.add(entity.id)
     return entity
 
-  return _iter_records(path, parse, skip_bad=skip_bad, stats=stats)
+  return parse
 
 
 def iter_mentions(path: PathLike, *, catalogue_ids: set[int] | None = None,
@@ -329,6 +344,55 @@ def read_documents(path: PathLike, *, catalogue_ids: set[int] | None = None,
                    skip_bad: bool = False, stats: ReadStats | None = None) -> list[Document]:
   """All documents at `path` as a list, in file order."""
   return list(iter_documents(path, catalogue_ids=catalogue_ids, skip_bad=skip_bad, stats=stats))
+
+
+# ------------------------------------------------------------------------ random access
+
+
+def _open(path: PathLike, parse: Callable[[dict], T], reparse: Callable[[dict], T],
+          label: Callable[[T], int], *, skip_bad: bool,
+          stats: ReadStats | None) -> records_lib.Records[T]:
+  """Validates every line of `path` once, then reads records by row (see records.py)."""
+  offsets, labels, worlds = [], [], []
+  for offset, record in _scan(path, parse, skip_bad=skip_bad, stats=stats):
+    offsets.append(offset)
+    labels.append(label(record))
+    worlds.append(record.world)
+  offsets = np.asarray(offsets, np.int64)
+  stamp = _stamp(path)
+
+  def read(rows: np.ndarray) -> list[T]:
+    if _stamp(path) != stamp:  # Offsets into a changed file would read wrong records.
+      raise DataError(f"{path} changed after it was opened; reload the data.", "changed")
+    out = []
+    with open(path, "rb") as f:
+      for row in rows:
+        f.seek(offsets[row])
+        out.append(reparse(decode_line(f.readline())))
+    return out
+
+  return records_lib.Records(read, labels, worlds)
+
+
+def _stamp(path: PathLike) -> tuple[int, int]:
+  st = os.stat(path)
+  return st.st_size, st.st_mtime_ns
+
+
+def open_entities(path: PathLike, *, skip_bad: bool = False,
+                  stats: ReadStats | None = None) -> records_lib.Records[Entity]:
+  """The catalogue at `path`, checked line by line now and read by row later."""
+  return _open(path, _entity_parser(), _parse_entity, lambda e: e.id,
+               skip_bad=skip_bad, stats=stats)
+
+
+def open_mentions(path: PathLike, *, catalogue_ids: set[int] | None = None,
+                  skip_bad: bool = False,
+                  stats: ReadStats | None = None) -> records_lib.Records[Mention]:
+  """The mentions at `path`, checked line by line now and read by row later."""
+  return _open(path, lambda obj: _parse_mention(obj, catalogue_ids),
+               lambda obj: _parse_mention(obj, None), lambda m: m.label_id,
+               skip_bad=skip_bad, stats=stats)
 
 
 # ---------------------------------------------------------------------------------- writers

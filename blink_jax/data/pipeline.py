@@ -6,20 +6,20 @@ seeded by (seed, e), and step s takes its next `global_batch` rows. Hence
   * the data position in a checkpoint is just the step: resuming is exact;
   * the global batch does not depend on the number of processes: process p
     of P takes block p of it, so a 2-host run sees the same batches as 1 host;
-  * each process reads and tokenizes only its own rows (records come from a
-    random-access source: a list, or a tfds array_record data source).
+  * each process reads and tokenizes only its own rows: records come from a
+    random-access `records.Records` (a jsonl byte-offset index or a tfds
+    array_record data source), and only labels and worlds are held in memory.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
-
 import jax
 import numpy as np
 
 from blink_jax import tokenization
 from blink_jax.data.jsonl import Entity, Mention
+from blink_jax.data.records import Records
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,31 +61,30 @@ class StepSampler:
 class BatchBuilder:
   """Tokenizes mentions, their gold entities and hard negatives into a batch."""
 
-  def __init__(self, tok: tokenization.Tokenizer, entities: Sequence[Entity],
-               mentions: Sequence[Mention], *, max_context_len: int,
+  def __init__(self, tok: tokenization.Tokenizer, entities: Records[Entity],
+               mentions: Records[Mention], *, max_context_len: int,
                max_entity_len: int):
     self.tok = tok
     self.entities = entities
     self.mentions = mentions
     self.max_context_len = max_context_len
     self.max_entity_len = max_entity_len
-    self.entity_ids = np.asarray([e.id for e in entities], np.int64)
-    row_of = {e.id: i for i, e in enumerate(entities)}
-    missing = [m.label_id for m in mentions if m.label_id not in row_of]
-    if missing:
+    self.entity_ids = entities.labels
+    self.gold_rows = entities.positions_of(mentions.labels)
+    missing = mentions.labels[self.gold_rows < 0]
+    if len(missing):
       raise ValueError(f"{len(missing)} training mentions have gold ids not in "
-                       f"the catalogue, e.g. {missing[:5]}.")
-    self.gold_rows = np.asarray([row_of[m.label_id] for m in mentions], np.int64)
+                       f"the catalogue, e.g. {missing[:5].tolist()}.")
 
   def contexts(self, rows: np.ndarray) -> tokenization.MentionBatch:
-    ms = [self.mentions[i] for i in rows]
+    ms = self.mentions.take(rows)
     return self.tok.encode_mentions([m.context_left for m in ms],
                                     [m.mention for m in ms],
                                     [m.context_right for m in ms],
                                     self.max_context_len)
 
   def entity_batch(self, entity_rows: np.ndarray) -> tokenization.TokenBatch:
-    es = [self.entities[i] for i in entity_rows]
+    es = self.entities.take(entity_rows)
     return self.tok.encode_entities([e.title for e in es], [e.text for e in es],
                                     self.max_entity_len)
 

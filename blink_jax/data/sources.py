@@ -9,14 +9,15 @@
   * "zeshel": the Zeshel release in `data.zeshel_dir` (see `zeshel.py`),
     train on the train worlds, evaluate on val and test worlds.
 `data.skip_bad` skips (and counts) bad records instead of failing.
+
+Every set is a `records.Records`: labels and worlds in memory, the records
+themselves read by row, so each process reads only the rows it tokenizes.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Sequence
-
 import jax
 import ml_collections
 from jax.experimental import multihost_utils
@@ -24,22 +25,20 @@ from jax.experimental import multihost_utils
 from blink_jax.data import jsonl
 from blink_jax.data import synthetic
 from blink_jax.data.jsonl import Entity, Mention
+from blink_jax.data.records import Records
 
 
 @dataclasses.dataclass
 class LinkingData:
   """A catalogue, training mentions and named evaluation sets."""
 
-  entities: list[Entity]
-  train: list[Mention]
-  evals: dict[str, list[Mention]]
+  entities: Records[Entity]
+  train: Records[Mention]
+  evals: dict[str, Records[Mention]]
 
-  def entities_for(self, mentions: Sequence[Mention]) -> list[Entity]:
+  def entities_for(self, mentions: Records[Mention]) -> Records[Entity]:
     """The catalogue restricted to the worlds of `mentions` (all if no worlds)."""
-    worlds = {m.world for m in mentions}
-    if worlds == {None}:
-      return self.entities
-    return [e for e in self.entities if e.world in worlds]
+    return self.entities.in_worlds(set(mentions.worlds))
 
 
 def synthetic_paths(config: ml_collections.ConfigDict, workdir: str) -> dict[str, str]:
@@ -62,21 +61,21 @@ def load(config: ml_collections.ConfigDict, workdir: str) -> LinkingData:
   skip = bool(d.get("skip_bad", False))
   if d.kind == "synthetic":
     paths = synthetic_paths(config, workdir)
-    entities = jsonl.read_entities(paths["entities"], skip_bad=skip)
-    ids = {e.id for e in entities}
+    entities = jsonl.open_entities(paths["entities"], skip_bad=skip)
+    ids = set(entities.labels.tolist())
     return LinkingData(
         entities=entities,
-        train=jsonl.read_mentions(paths["train_mentions"], catalogue_ids=ids, skip_bad=skip),
-        evals={"test": jsonl.read_mentions(paths["test_mentions"], catalogue_ids=ids,
+        train=jsonl.open_mentions(paths["train_mentions"], catalogue_ids=ids, skip_bad=skip),
+        evals={"test": jsonl.open_mentions(paths["test_mentions"], catalogue_ids=ids,
                                            skip_bad=skip)})
   if d.kind == "jsonl":
     if not d.get("entities"):
       raise ValueError("data.kind='jsonl' needs --config.data.entities=PATH.")
-    entities = jsonl.read_entities(d.entities, skip_bad=skip)
-    ids = {e.id for e in entities}
-    train = (jsonl.read_mentions(d.train, catalogue_ids=ids, skip_bad=skip)
-             if d.get("train") else [])
-    evals = {_eval_name(p): jsonl.read_mentions(p, catalogue_ids=ids, skip_bad=skip)
+    entities = jsonl.open_entities(d.entities, skip_bad=skip)
+    ids = set(entities.labels.tolist())
+    train = (jsonl.open_mentions(d.train, catalogue_ids=ids, skip_bad=skip)
+             if d.get("train") else Records.of([]))
+    evals = {_eval_name(p): jsonl.open_mentions(p, catalogue_ids=ids, skip_bad=skip)
              for p in filter(None, (x.strip() for x in d.get("eval", "").split(",")))}
     return LinkingData(entities=entities, train=train, evals=evals)
   if d.kind == "zeshel":
@@ -92,7 +91,7 @@ def load(config: ml_collections.ConfigDict, workdir: str) -> LinkingData:
       multihost_utils.sync_global_devices("zeshel_prepared")
     splits = {s: zeshel.load_zeshel(d.zeshel_dir, tfds_dir, s, skip_bad=skip)
               for s in ("train", "val", "test")}
-    entities = [e for s in ("train", "val", "test") for e in splits[s][0]]
+    entities = Records.concat([splits[s][0] for s in ("train", "val", "test")])
     return LinkingData(entities=entities, train=splits["train"][1],
                        evals={"val": splits["val"][1], "test": splits["test"][1]})
   raise ValueError(f"Unknown data.kind {d.kind!r}: synthetic, jsonl or zeshel.")

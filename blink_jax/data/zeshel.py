@@ -40,6 +40,7 @@ import tensorflow_datasets as tfds
 # and skip reasons identical across every reader of the package.
 from blink_jax.data.jsonl import (DataError, Entity, LineError, Mention, PathLike, ReadStats,
                                   _field, decode_line)
+from blink_jax.data.records import Records
 
 log = logging.getLogger(__name__)
 
@@ -364,33 +365,48 @@ def prepare_zeshel(raw_dir: PathLike, data_dir: PathLike, *, skip_bad: bool = Fa
   return True
 
 
-def _read_all(data_dir: PathLike, config: str, split: str) -> list[dict[str, Any]]:
+def _records(data_dir: PathLike, config: str, split: str, make: Callable[[dict], T],
+             label: str) -> Records[T]:
+  """The split as Records read by row from its array_record files.
+
+  One pass reads the label and world columns; records are decoded again only
+  for the rows a batch asks for.
+  """
   source = Zeshel(config=config, data_dir=data_dir).as_data_source(split=split)
-  n, batch = len(source), 4096
-  return [ex for i in range(0, n, batch)
-          for ex in source.__getitems__(list(range(i, min(i + batch, n))))]
+  labels, worlds = [], []
+  for i in range(0, len(source), 4096):
+    for ex in source.__getitems__(list(range(i, min(i + 4096, len(source))))):
+      labels.append(int(ex[label]))
+      worlds.append(_str(ex["world"]))
+  return Records(lambda rows: [make(ex) for ex in source.__getitems__(
+      [int(r) for r in rows])], labels, worlds)
 
 
 def _str(value: bytes) -> str:
   return value.decode("utf-8")  # tfds Text features come back as bytes.
 
 
+def _entity(ex: dict) -> Entity:
+  return Entity(id=int(ex["id"]), title=_str(ex["title"]), text=_str(ex["text"]),
+                world=_str(ex["world"]))
+
+
+def _mention(ex: dict) -> Mention:
+  return Mention(context_left=_str(ex["context_left"]), mention=_str(ex["mention"]),
+                 context_right=_str(ex["context_right"]), label_id=int(ex["label_id"]),
+                 world=_str(ex["world"]), id=_str(ex["id"]),
+                 label_title=_str(ex["label_title"]))
+
+
 def load_zeshel(raw_dir: PathLike, data_dir: PathLike, split: str, *, skip_bad: bool = False,
-                stats: ReadStats | None = None) -> tuple[list[Entity], list[Mention]]:
+                stats: ReadStats | None = None) -> tuple[Records[Entity], Records[Mention]]:
   """The entities of `split`'s worlds (in id order) and its mentions (in file order).
 
   Builds the tfds dataset into data_dir on first use (see `prepare_zeshel`); later calls only
-  read it. Entity ids are global, so a split's ids do not start at 0.
+  read it, by row. Entity ids are global, so a split's ids do not start at 0.
   """
   if split not in WORLDS:
     raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
   prepare_zeshel(raw_dir, data_dir, skip_bad=skip_bad, stats=stats)
-  entities = [Entity(id=int(ex["id"]), title=_str(ex["title"]), text=_str(ex["text"]),
-                     world=_str(ex["world"]))
-              for ex in _read_all(data_dir, "entities", split)]
-  mentions = [Mention(context_left=_str(ex["context_left"]), mention=_str(ex["mention"]),
-                      context_right=_str(ex["context_right"]), label_id=int(ex["label_id"]),
-                      world=_str(ex["world"]), id=_str(ex["id"]),
-                      label_title=_str(ex["label_title"]))
-              for ex in _read_all(data_dir, "mentions", split)]
-  return entities, mentions
+  return (_records(data_dir, "entities", split, _entity, "id"),
+          _records(data_dir, "mentions", split, _mention, "label_id"))

@@ -1,0 +1,83 @@
+"""--config.mode=index end to end: build from a checkpoint, add, delete, model checks."""
+
+import numpy as np
+import pytest
+
+from blink_jax import build_index
+from blink_jax import evaluate
+from blink_jax import index as index_lib
+from blink_jax import main
+from blink_jax import train_biencoder
+from blink_jax.data import jsonl
+from blink_jax.data import sources
+from blink_jax.data.jsonl import Entity
+from configs import demo
+
+
+def _config(**index):
+  config = demo.get_config("runlocal")
+  config.train.num_steps = 2
+  config.train.checkpoint_every = 2
+  config.hard_negatives.num = 0
+  config.eval.bm25 = False
+  config.index.update(index)
+  return config
+
+
+def test_parse_ids(tmp_path):
+  assert build_index.parse_ids("3, 17,") == [3, 17]
+  path = tmp_path / "ids.txt"
+  path.write_text("5\n\n9\nx\n")
+  with pytest.raises(ValueError, match=r"ids.txt:4: 'x' is not an entity id"):
+    build_index.parse_ids(str(path))
+
+
+def test_build_add_delete_from_the_cli_path(tmp_path):
+  workdir = str(tmp_path / "w")
+  config = _config()
+  config.mode = "train_biencoder"
+  main.run(config, workdir)
+  config.mode = "index"
+  index = main.run(config, workdir)
+  data = sources.load(config, workdir)
+  assert len(index) == len(data.entities)
+
+  # The saved index holds the model's embeddings of every entity.
+  model, step = train_biencoder.load_trained(config, workdir)
+  from blink_jax import tokenization  # pylint: disable=g-import-not-at-top
+  from blink_jax.models import bert_checkpoint  # pylint: disable=g-import-not-at-top
+  tok = tokenization.Tokenizer.from_pretrained(bert_checkpoint.resolve(config.tokenizer))
+  emb = evaluate.embed_entities(model, tok, data.entities, config)
+  loaded = index_lib.Index.load(tmp_path / "w" / "index",
+                                expect_model=index_lib.model_id(
+                                    step, train_biencoder.fingerprint(config)))
+  world = data.entities.worlds[0]
+  _, got = loaded.search(emb[:5], 3, worlds=[world] * 5)
+  _, want = index_lib.Index.build(emb, data.entities.labels, None, data.entities.worlds,
+                                  backend="exact").search(emb[:5], 3, [world] * 5)
+  np.testing.assert_array_equal(got, want)
+
+  # Add two entities and delete one: the next load sees exactly that.
+  first = data.entities[0]
+  new = [Entity(90001, "Zorblax", "a brand new thing", world),
+         Entity(first.id, "Renamed", first.text, world)]
+  jsonl.write_jsonl(tmp_path / "new.jsonl", new)
+  victim = int(data.entities.labels[3])
+  config.index.add = str(tmp_path / "new.jsonl")
+  config.index.delete = str(victim)
+  main.run(config, workdir)
+  after = index_lib.Index.load(tmp_path / "w" / "index")
+  assert len(after) == len(data.entities)  # +1 new, 1 replaced, -1 deleted.
+  assert after.title_of([90001, first.id, victim]) == ["Zorblax", "Renamed", None]
+  new_emb = evaluate.embed_entities(model, tok, jsonl.open_entities(tmp_path / "new.jsonl"),
+                                    config)
+  _, got = after.search(new_emb[:1], len(after), worlds=[world])
+  assert 90001 in got[0] and victim not in got[0]
+
+  # Train further: the index no longer belongs to the model in the workdir.
+  config.mode = "train_biencoder"
+  config.train.num_steps = 4
+  main.run(config, workdir)
+  config.mode = "index"
+  with pytest.raises(index_lib.IndexLoadError, match="built from model"):
+    main.run(config, workdir)
