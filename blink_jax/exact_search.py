@@ -32,20 +32,28 @@ STORAGES = ("float32", "bfloat16", "int8")
 FREE = -1  # Group code of a free or deleted slot.
 
 
-def quantize(x: np.ndarray, storage: str) -> tuple[np.ndarray, np.ndarray]:
-  """(values in the storage dtype, one float32 scale per row) of vectors x."""
-  x = np.asarray(x, np.float32)
-  ones = np.ones(x.shape[0], np.float32)
-  if storage == "float32":
-    return x, ones
-  if storage == "bfloat16":
-    return x.astype(ml_dtypes.bfloat16), ones
-  if storage == "int8":
-    # Symmetric per-row scale: the row's largest magnitude maps to 127.
-    scale = np.abs(x).max(axis=1) / 127.0
-    scale = np.where(scale > 0, scale, 1.0).astype(np.float32)
-    return np.clip(np.rint(x / scale[:, None]), -127, 127).astype(np.int8), scale
-  raise ValueError(f"Unknown storage {storage!r}; one of {STORAGES}.")
+def quantize(x: np.ndarray, storage: str, chunk: int = 65536
+             ) -> tuple[np.ndarray, np.ndarray]:
+  """(values in the storage dtype, one float32 scale per row) of vectors x.
+
+  Always a new array (never a view of x), converted in chunks so that the
+  temporaries stay small however large x is.
+  """
+  if storage not in STORAGES:
+    raise ValueError(f"Unknown storage {storage!r}; one of {STORAGES}.")
+  n = x.shape[0]
+  values = np.empty(x.shape, _dtype(storage))
+  scales = np.ones(n, np.float32)
+  for start in range(0, n, chunk):
+    part = np.asarray(x[start:start + chunk], np.float32)
+    if storage == "int8":
+      # Symmetric per-row scale: the row's largest magnitude maps to 127.
+      sc = np.abs(part).max(axis=1) / 127.0
+      sc = np.where(sc > 0, sc, 1.0).astype(np.float32)
+      scales[start:start + chunk] = sc
+      part = np.clip(np.rint(part / sc[:, None]), -127, 127)
+    values[start:start + chunk] = part
+  return values, scales
 
 
 def dequantize(values: np.ndarray, scales: np.ndarray) -> np.ndarray:
@@ -108,6 +116,30 @@ class ExactSearch:
     self.scales = rows_of(scales, 0, np.float32, (c,))
     self.groups = rows_of(groups, FREE, np.int32, (c,))
 
+  def grow(self, min_rows: int) -> None:
+    """Re-lays the device arrays with room for `min_rows` rows; no host copy."""
+    old, c = self.capacity, self._capacity_for(min_rows)
+    pad = lambda x, fill: jax.jit(
+        lambda a: jnp.pad(a, [(0, c - old)] + [(0, 0)] * (a.ndim - 1),
+                          constant_values=fill),
+        out_shardings=NamedSharding(self.mesh, P(self.axes, *([None] * (x.ndim - 1)))))(x)
+    self.values, self.scales = pad(self.values, 0), pad(self.scales, 0)
+    self.groups = pad(self.groups, FREE)
+    self.capacity = c
+
+  def rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(stored values, scales) of `rows`, on every process (for saving)."""
+    take = jax.jit(lambda v, s, r: (v[r], s[r]), out_shardings=(self._rep, self._rep))
+    values, scales = [], []
+    for start in range(0, len(rows), 65536):  # Bounded replicated temporaries.
+      r = jax.device_put(np.asarray(rows[start:start + 65536], np.int32), self._rep)
+      v, sc = take(self.values, self.scales, r)
+      values.append(np.asarray(v))
+      scales.append(np.asarray(sc))
+    if not values:
+      return np.zeros((0, self.dim), _dtype(self.storage)), np.zeros(0, np.float32)
+    return np.concatenate(values), np.concatenate(scales)
+
   def update(self, rows: np.ndarray, values: np.ndarray, scales: np.ndarray,
              groups: np.ndarray) -> None:
     """Writes rows (< capacity) in place; group FREE deletes a row."""
@@ -132,7 +164,9 @@ class ExactSearch:
               else np.asarray(groups, np.int32))
     fn = _search_fn(self.mesh, self.axes, k, min(self.block, self.capacity // self.n_dev),
                     self.capacity // self.n_dev)
-    chunk = self.query_chunk
+    # Calls are padded to a power of two up to query_chunk rows: one query
+    # does not pay for 256, and there are at most log2(query_chunk) shapes.
+    chunk = min(self.query_chunk, 1 << max(0, q_n - 1).bit_length())
     scores, rows = [], []
     for start in range(0, q_n, chunk):
       q = np.zeros((chunk, self.dim), np.float32)

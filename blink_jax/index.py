@@ -56,16 +56,14 @@ class Index:
 
   def __init__(self, *, ids: np.ndarray, titles: list[str], worlds: np.ndarray,
                backend: str, storage: str, exact: exact_search.ExactSearch | None,
-               scann: scann_search.ScannSearch | None, host: list | None,
-               model: dict | None, dim: int):
+               scann: scann_search.ScannSearch | None, model: dict | None, dim: int):
     self.ids = np.asarray(ids, np.int64)       # Per row; -1 for a deleted row.
     self.titles = titles
     self.worlds = np.asarray(worlds, np.int32)  # Codes into world_names.
     self.backend, self.storage, self.model, self.dim = backend, storage, model, dim
+    # The searchable copy lives only in the back end (device arrays for exact,
+    # ScaNN's own data): no second copy on the host.
     self._exact, self._scann = exact, scann
-    # Host copy of the stored rows (exact only): segments of (values, scales),
-    # memory-mapped when loaded, so that a growing index can be re-placed.
-    self._host = host
     self.world_names: list = []
 
   # ------------------------------------------------------------------ build
@@ -87,19 +85,21 @@ class Index:
       raise ValueError("Entity ids must be distinct and >= 0.")
     if backend not in BACKENDS:
       raise ValueError(f"Unknown index backend {backend!r}; one of {BACKENDS}.")
+    if storage not in exact_search.STORAGES:
+      raise ValueError(f"Unknown index storage {storage!r}; one of "
+                       f"{exact_search.STORAGES}.")
     if backend == "auto":
       backend = "scann" if n >= SCANN_FROM else "exact"
     worlds = [None] * n if worlds is None else list(worlds)
     names = sorted({w for w in worlds}, key=lambda w: (w is not None, w or ""))
     code = {w: i for i, w in enumerate(names)}
     index = cls(ids=ids, titles=list(titles), worlds=[code[w] for w in worlds],
-                backend=backend, storage=storage, exact=None, scann=None, host=None,
+                backend=backend, storage=storage, exact=None, scann=None,
                 model=model, dim=dim)
     index.world_names = names
     if backend == "exact":
       values, scales = exact_search.quantize(embeddings, storage)
-      index._host = [(values, scales)]
-      index._place(headroom=EXACT_HEADROOM, mesh=mesh)
+      index._place(values, scales, mesh)
     else:
       params = scann_search.ScannParams.derive(n, k, scann)
       index._scann = scann_search.ScannSearch.build(embeddings, np.arange(n), k, params,
@@ -107,18 +107,17 @@ class Index:
       if sample_queries is None:
         sample_queries = _sample_queries(embeddings, seed)
       exact = _exact_top_k(embeddings, sample_queries, k)
-      reached = index._scann.calibrate(sample_queries, exact, k, target_recall)
-      index.calibration = {"recall": reached, "k": k, "queries": len(sample_queries)}
+      aim = min(1.0, target_recall + scann_search.CALIBRATION_MARGIN)
+      reached = index._scann.calibrate(sample_queries, exact, k, aim)
+      index.calibration = {"target": target_recall, "aimed": aim, "recall": reached,
+                           "k": k, "queries": len(sample_queries)}
     return index
 
-  def _place(self, headroom: float, mesh: Mesh | None = None) -> None:
-    """(Re)loads the host rows onto the devices."""
-    values = _Concat([v for v, _ in self._host])
-    scales = np.concatenate([s for _, s in self._host])
+  def _place(self, values: np.ndarray, scales: np.ndarray, mesh: Mesh | None) -> None:
+    """Puts stored rows on the devices, with spare rows for later additions."""
     groups = np.where(self.ids >= 0, self.worlds, exact_search.FREE).astype(np.int32)
-    mesh = mesh or (self._exact.mesh if self._exact else None)
     self._exact = exact_search.ExactSearch(self.dim, self.storage, mesh)
-    self._exact.load(values, scales, groups, headroom=headroom)
+    self._exact.load(values, scales, groups, headroom=EXACT_HEADROOM)
 
   # ----------------------------------------------------------------- search
   def __len__(self) -> int:
@@ -188,11 +187,10 @@ class Index:
     self.worlds = np.concatenate([self.worlds, codes])
     if self.backend == "exact":
       values, scales = exact_search.quantize(embeddings, self.storage)
-      self._host.append((values, scales))
-      if rows.size and rows[-1] < self._exact.capacity:
-        self._exact.update(rows, values, scales, codes)
-      else:  # Out of spare rows: place again with room to grow (no re-encoding).
-        self._place(headroom=0.5)
+      if rows.size and rows[-1] >= self._exact.capacity:
+        # Out of spare rows: re-lay the device arrays with room to grow.
+        self._exact.grow(int(len(self.ids) * (1 + EXACT_HEADROOM)))
+      self._exact.update(rows, values, scales, codes)
     else:
       self._scann.upsert(rows, embeddings)
 
@@ -240,13 +238,11 @@ class Index:
                              ensure_ascii=False) + "\n")
       params: dict = {}
       if self.backend == "exact":
-        values = _Concat([v for v, _ in self._host])
-        scales = np.concatenate([s for _, s in self._host])
-        stored = values.take(live)
+        stored, scales = self._exact.rows(live)
         if self.storage == "bfloat16":
           stored = stored.view(np.uint16)  # .npy has no bfloat16; the manifest says it.
         np.save(os.path.join(tmp, "vectors.npy"), stored)
-        np.save(os.path.join(tmp, "scales.npy"), scales[live])
+        np.save(os.path.join(tmp, "scales.npy"), scales)
       else:
         # ScaNN points are renumbered so that they are the compacted rows.
         self._scann.save(os.path.join(tmp, "scann"))
@@ -315,48 +311,20 @@ class Index:
     code = {w: i for i, w in enumerate(names)}
     index = cls(ids=ids, titles=titles, worlds=[code[w] for w in worlds],
                 backend=m["backend"], storage=m["storage"], exact=None, scann=None,
-                host=None, model=m.get("model"), dim=m["dim"])
+                model=m.get("model"), dim=m["dim"])
     index.world_names = names
     index.calibration = m.get("calibration")
     if m["backend"] == "exact":
       values = np.load(os.path.join(directory, "vectors.npy"), mmap_mode="r")
       if m["storage"] == "bfloat16":
         values = values.view(ml_dtypes.bfloat16)
-      index._host = [(values, np.load(os.path.join(directory, "scales.npy")))]
-      index._place(headroom=EXACT_HEADROOM, mesh=mesh)
+      # Memory-mapped: each process reads only its own devices' rows.
+      index._place(values, np.load(os.path.join(directory, "scales.npy")), mesh)
     else:
       params = scann_search.ScannParams(**m["params"])
       index._scann = scann_search.ScannSearch.load(os.path.join(directory, "scann"),
                                                     params, m["storage"])
     return index
-
-
-class _Concat:
-  """Row slices over a list of arrays, without concatenating them in memory."""
-
-  def __init__(self, parts: list[np.ndarray]):
-    self.parts = parts
-    self.starts = np.cumsum([0] + [len(p) for p in parts])
-    self.shape = (int(self.starts[-1]),) + parts[0].shape[1:]
-    self.dtype = parts[0].dtype
-
-  def take(self, rows: np.ndarray) -> np.ndarray:
-    """The rows `rows` (sorted), read part by part."""
-    out = [np.asarray(p[rows[(rows >= a) & (rows < b)] - a])
-           for p, a, b in zip(self.parts, self.starts[:-1], self.starts[1:])]
-    return np.concatenate(out)
-
-  def __getitem__(self, key):
-    if isinstance(key, (int, np.integer)):
-      j = int(np.searchsorted(self.starts, key, side="right")) - 1
-      return self.parts[j][key - self.starts[j]]
-    start, stop, _ = key.indices(self.shape[0])
-    out = []
-    for j, p in enumerate(self.parts):
-      a, b = max(start, self.starts[j]), min(stop, self.starts[j + 1])
-      if a < b:
-        out.append(np.asarray(p[a - self.starts[j]:b - self.starts[j]]))
-    return np.concatenate(out) if out else np.zeros((0,) + self.shape[1:], self.dtype)
 
 
 def _sha256(path: str) -> str:

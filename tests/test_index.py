@@ -58,6 +58,16 @@ def test_sharded_exact_equals_one_device_and_brute_force():
   np.testing.assert_allclose(s8, want_s, rtol=1e-5, atol=1e-4)
 
 
+def test_the_index_keeps_its_own_copy_of_the_vectors():
+  emb = catalogue(100, seed=19)
+  idx = index_lib.Index.build(emb, np.arange(100), [""] * 100, backend="exact")
+  q = emb[:3].copy()
+  before = idx.search(q, 5)
+  emb[:] = 0  # The caller reuses its buffer...
+  idx.add(catalogue(200, seed=20) * 0.01, np.arange(1000, 1200), [""] * 200)  # ...and it grows.
+  np.testing.assert_array_equal(idx.search(q, 5)[1], before[1])
+
+
 def test_per_world_search_sees_only_its_world():
   emb = catalogue(400, seed=2)
   worlds = ["a" if i % 3 else "b" for i in range(400)]
