@@ -65,13 +65,13 @@ def encode(tower: nnx.Module, tokenize: Callable[[np.ndarray], tokenization.Toke
   """
   mesh = mesh or sharding.make_mesh()
   embed = tower_fn(tower, mesh)
-  n_dev, n_proc = mesh.size, jax.process_count()
-  batch_size = -(-batch_size // n_dev) * n_dev
-  per = batch_size // n_proc
+  batch_size = -(-batch_size // mesh.size) * mesh.size
+  mine = sharding.process_rows(mesh, batch_size)
+  per = mine.stop - mine.start
   chunks = []
   for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch",
                     disable=jax.process_index() != 0, leave=False):
-    first = start + jax.process_index() * per
+    first = start + mine.start
     rows = np.arange(first, min(first + per, n))
     # A process past the end still tokenizes one row, for the common width.
     local = tokenize(rows if len(rows) else np.zeros(1, np.int64))

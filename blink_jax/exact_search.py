@@ -127,18 +127,17 @@ class ExactSearch:
     self.groups = pad(self.groups, FREE)
     self.capacity = c
 
-  def rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(stored values, scales) of `rows`, on every process (for saving)."""
+  def iter_rows(self, rows: np.ndarray, chunk: int = 65536):
+    """Yields (start, stored values, scales) of `rows`, chunk by chunk.
+
+    A collective: every process must call it (with the same rows), and every
+    process receives each chunk; at most `chunk` rows are on a host at once.
+    """
     take = jax.jit(lambda v, s, r: (v[r], s[r]), out_shardings=(self._rep, self._rep))
-    values, scales = [], []
-    for start in range(0, len(rows), 65536):  # Bounded replicated temporaries.
-      r = jax.device_put(np.asarray(rows[start:start + 65536], np.int32), self._rep)
+    for start in range(0, len(rows), chunk):
+      r = jax.device_put(np.asarray(rows[start:start + chunk], np.int32), self._rep)
       v, sc = take(self.values, self.scales, r)
-      values.append(np.asarray(v))
-      scales.append(np.asarray(sc))
-    if not values:
-      return np.zeros((0, self.dim), _dtype(self.storage)), np.zeros(0, np.float32)
-    return np.concatenate(values), np.concatenate(scales)
+      yield start, np.asarray(v), np.asarray(sc)
 
   def update(self, rows: np.ndarray, values: np.ndarray, scales: np.ndarray,
              groups: np.ndarray) -> None:

@@ -18,6 +18,7 @@ model than the one expected.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -65,6 +66,7 @@ class Index:
     # ScaNN's own data): no second copy on the host.
     self._exact, self._scann = exact, scann
     self.world_names: list = []
+    self._by_id = None  # (live rows sorted by id, their ids), for rows_of.
 
   # ------------------------------------------------------------------ build
   @classmethod
@@ -136,9 +138,11 @@ class Index:
       groups = None if worlds is None else self._world_codes(worlds)
       scores, rows = self._exact.search(queries, k, groups)
     else:
-      if worlds is not None and len(self.world_names) > 1:
-        raise ValueError("A ScaNN index searches its whole catalogue; per-world "
-                         "search needs backend='exact'.")
+      if worlds is not None:
+        self._world_codes(worlds)  # Unknown worlds are an error here too.
+        if len(self.world_names) > 1:
+          raise ValueError("A ScaNN index searches its whole catalogue; per-world "
+                           "search needs backend='exact'.")
       scores, rows = self._scann.search(queries, k)
     return scores, np.where(rows >= 0, self.ids[np.maximum(rows, 0)], -1)
 
@@ -151,14 +155,16 @@ class Index:
 
   def rows_of(self, ids: Sequence[int]) -> np.ndarray:
     """Index rows of live entity ids; -1 where absent."""
-    live = np.flatnonzero(self.ids >= 0)
-    order = np.argsort(self.ids[live])
-    sorted_ids = self.ids[live][order]
+    if self._by_id is None:  # Sorted once per change, not per call.
+      live = np.flatnonzero(self.ids >= 0)
+      order = np.argsort(self.ids[live])
+      self._by_id = (live[order], self.ids[live][order])
+    rows, sorted_ids = self._by_id
     want = np.asarray(ids, np.int64)
     if not len(sorted_ids):
       return np.full(want.shape, -1, np.int64)
     i = np.minimum(np.searchsorted(sorted_ids, want), len(sorted_ids) - 1)
-    return np.where(sorted_ids[i] == want, live[order][i], -1)
+    return np.where(sorted_ids[i] == want, rows[i], -1)
 
   def title_of(self, ids: Sequence[int]) -> list[str | None]:
     rows = self.rows_of(ids)
@@ -174,8 +180,11 @@ class Index:
       raise ValueError(f"{len(embeddings)} vectors, {len(ids)} ids, {len(titles)} titles.")
     if len(np.unique(ids)) != len(ids) or (len(ids) and ids.min() < 0):
       raise ValueError("Added entity ids must be distinct and >= 0.")
-    self.delete(ids[self.rows_of(ids) >= 0])
     worlds = [None] * len(ids) if worlds is None else list(worlds)
+    if len(worlds) != len(ids):
+      raise ValueError(f"{len(ids)} ids but {len(worlds)} worlds.")
+    # Everything is checked: from here on the index changes.
+    self.delete(ids[self.rows_of(ids) >= 0])
     for w in worlds:
       if w not in self.world_names:
         self.world_names.append(w)
@@ -183,6 +192,7 @@ class Index:
     first = len(self.ids)
     rows = np.arange(first, first + len(ids))
     self.ids = np.concatenate([self.ids, ids])
+    self._by_id = None
     self.titles.extend(titles)
     self.worlds = np.concatenate([self.worlds, codes])
     if self.backend == "exact":
@@ -196,6 +206,7 @@ class Index:
 
   def delete(self, ids: Sequence[int]) -> None:
     """Removes entities by id; unknown ids are an error."""
+    ids = np.unique(np.asarray(ids, np.int64))
     rows = self.rows_of(ids)
     if (rows < 0).any():
       missing = np.asarray(ids)[rows < 0]
@@ -208,6 +219,7 @@ class Index:
     else:
       self._scann.delete(rows)
     self.ids[rows] = -1
+    self._by_id = None
 
   # ----------------------------------------------------------------- memory
   def memory_bytes(self) -> int | None:
@@ -218,61 +230,88 @@ class Index:
 
   # -------------------------------------------------------------- save/load
   def save(self, directory: str) -> None:
-    """Writes the index atomically: a complete directory, or nothing new."""
-    if jax.process_index() == 0:
-      self._write(directory)
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices(f"index_saved:{directory}")
+    """Writes the index atomically: a complete directory, or nothing new.
 
-  def _write(self, directory: str) -> None:
+    Every process must call it (the exact back end's rows are gathered with
+    collectives); process 0 writes. An existing directory is replaced only if
+    it is an index (has a manifest), so a mistyped path cannot wipe a workdir.
+    """
     directory = os.path.abspath(directory)
+    if os.path.isdir(directory) and os.listdir(directory) and not os.path.exists(
+        os.path.join(directory, MANIFEST)):
+      raise IndexLoadError(f"{directory} exists and is not an index; not replacing it.")
+    writer = jax.process_index() == 0
     parent = os.path.dirname(directory)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.", dir=parent)
+    tmp = None
     try:
+      if writer:
+        os.makedirs(parent, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.", dir=parent)
       live = np.flatnonzero(self.ids >= 0)
-      with open(os.path.join(tmp, "entities.jsonl"), "w", encoding="utf-8") as f:
-        for r in live:
-          f.write(json.dumps({"id": int(self.ids[r]), "title": self.titles[r],
-                              "world": self.world_names[self.worlds[r]]},
-                             ensure_ascii=False) + "\n")
       params: dict = {}
       if self.backend == "exact":
-        stored, scales = self._exact.rows(live)
-        if self.storage == "bfloat16":
-          stored = stored.view(np.uint16)  # .npy has no bfloat16; the manifest says it.
-        np.save(os.path.join(tmp, "vectors.npy"), stored)
-        np.save(os.path.join(tmp, "scales.npy"), scales)
-      else:
+        self._write_rows(live, tmp)
+      elif writer:
         # ScaNN points are renumbered so that they are the compacted rows.
         self._scann.save(os.path.join(tmp, "scann"))
         np.save(os.path.join(tmp, "scann", "positions.npy"),
                 np.searchsorted(live, self._scann.positions))
-        params = {**vars(self._scann.params)}
-      files = {}
-      for root, _, names in os.walk(tmp):
-        for name in sorted(names):
-          path = os.path.join(root, name)
-          files[os.path.relpath(path, tmp)] = {"bytes": os.path.getsize(path),
-                                               "sha256": _sha256(path)}
-      manifest = {"format": FORMAT, "backend": self.backend, "storage": self.storage,
-                  "dim": self.dim, "count": int(len(live)), "params": params,
-                  "model": self.model, "files": files,
-                  "calibration": getattr(self, "calibration", None)}
-      with open(os.path.join(tmp, MANIFEST), "w") as f:
-        json.dump(manifest, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-      old = None
-      if os.path.exists(directory):
-        old = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.old.", dir=parent)
-        os.replace(directory, os.path.join(old, "index"))
-      os.replace(tmp, directory)
-      if old:
-        shutil.rmtree(old)
+        params = dataclasses.asdict(self._scann.params)
+      if writer:
+        self._write_rest(directory, tmp, live, params)
     except BaseException:
-      shutil.rmtree(tmp, ignore_errors=True)
+      if tmp:
+        shutil.rmtree(tmp, ignore_errors=True)
       raise
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"index_saved:{directory}")
+
+  def _write_rows(self, live: np.ndarray, tmp: str | None) -> None:
+    """Streams the live stored rows into tmp/vectors.npy (process 0 writes)."""
+    dtype = np.uint16 if self.storage == "bfloat16" else exact_search._dtype(self.storage)  # pylint: disable=protected-access
+    vectors = scales = None
+    if tmp:  # .npy has no bfloat16: its bits are stored as uint16; the manifest says so.
+      vectors = np.lib.format.open_memmap(os.path.join(tmp, "vectors.npy"), mode="w+",
+                                          dtype=dtype, shape=(len(live), self.dim))
+      scales = np.empty(len(live), np.float32)
+    for start, v, sc in self._exact.iter_rows(live):
+      if tmp:
+        vectors[start:start + len(v)] = v.view(dtype)
+        scales[start:start + len(v)] = sc
+    if tmp:
+      vectors.flush()
+      del vectors
+      np.save(os.path.join(tmp, "scales.npy"), scales)
+
+  def _write_rest(self, directory: str, tmp: str, live: np.ndarray, params: dict) -> None:
+    """Entities, manifest (with every file's size and hash), then the rename."""
+    with open(os.path.join(tmp, "entities.jsonl"), "w", encoding="utf-8") as f:
+      for r in live:
+        f.write(json.dumps({"id": int(self.ids[r]), "title": self.titles[r],
+                            "world": self.world_names[self.worlds[r]]},
+                           ensure_ascii=False) + "\n")
+    files = {}
+    for root, _, names in os.walk(tmp):
+      for name in sorted(names):
+        path = os.path.join(root, name)
+        files[os.path.relpath(path, tmp)] = {"bytes": os.path.getsize(path),
+                                             "sha256": _sha256(path)}
+    manifest = {"format": FORMAT, "backend": self.backend, "storage": self.storage,
+                "dim": self.dim, "count": int(len(live)), "params": params,
+                "model": self.model, "files": files,
+                "calibration": getattr(self, "calibration", None)}
+    with open(os.path.join(tmp, MANIFEST), "w") as f:
+      json.dump(manifest, f, indent=1)
+      f.flush()
+      os.fsync(f.fileno())
+    parent = os.path.dirname(directory)
+    old = None
+    if os.path.exists(directory):
+      old = tempfile.mkdtemp(prefix=f".{os.path.basename(directory)}.old.", dir=parent)
+      os.replace(directory, os.path.join(old, "index"))
+    os.replace(tmp, directory)
+    if old:
+      shutil.rmtree(old)
 
   @classmethod
   def load(cls, directory: str, *, expect_model: dict | None = None,

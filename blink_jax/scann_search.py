@@ -41,11 +41,21 @@ class ScannParams:
 
   @classmethod
   def derive(cls, n: int, k: int, overrides: dict | None = None) -> "ScannParams":
-    """Starting values for N rows; calibrate() then tunes the search-time ones."""
-    given = {key: v for key, v in (overrides or {}).items() if v}
-    if n < BRUTE_FORCE_BELOW:
-      return cls(brute_force=True, reorder=0, **given)
-    leaves = max(8, int(round(math.sqrt(n))))
+    """Starting values for N rows; calibrate() then tunes the search-time ones.
+
+    `overrides` win; for the four counts (the config's `index.scann`) 0 or
+    None means "derive it", for the other fields None does.
+    """
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(overrides or {}) - fields
+    if unknown:
+      raise ValueError(f"Unknown ScaNN parameters {sorted(unknown)}; known: {sorted(fields)}.")
+    counts = ("num_leaves", "leaves_to_search", "reorder", "training_sample_size")
+    given = {key: v for key, v in (overrides or {}).items()
+             if v is not None and not (key in counts and v == 0)}
+    if given.get("brute_force", n < BRUTE_FORCE_BELOW):
+      return dataclasses.replace(cls(brute_force=True), **given)
+    leaves = min(n, given.get("num_leaves") or max(8, int(round(math.sqrt(n)))))
     p = cls(num_leaves=leaves, leaves_to_search=max(1, leaves // 50),
             reorder=max(4 * k, 128), training_sample_size=min(n, 250_000))
     return dataclasses.replace(p, **given)
@@ -105,8 +115,10 @@ class ScannSearch:
     idx, dist = self.searcher.search_batched_parallel(q, final_num_neighbors=kk, **kwargs)
     idx, dist = np.asarray(idx, np.int64), np.asarray(dist, np.float32)
     found = idx.shape[1]
-    scores[:, :found] = dist
-    rows[:, :found] = self.positions[idx]
+    # ScaNN pads a short result with point 0 and a NaN score: not a match.
+    real = np.isfinite(dist)
+    scores[:, :found] = np.where(real, dist, -np.inf)
+    rows[:, :found] = np.where(real, self.positions[idx], -1)
     return scores, rows
 
   def calibrate(self, queries: np.ndarray, exact_rows: np.ndarray, k: int,

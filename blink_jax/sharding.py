@@ -77,6 +77,22 @@ def tree_shardings(mesh: Mesh, tree: Any) -> Any:
       lambda x: NamedSharding(mesh, param_spec(tuple(np.shape(x)), fsdp)), tree)
 
 
+def process_rows(mesh: Mesh, rows: int) -> slice:
+  """The rows of a batch of `rows` that this process's devices hold.
+
+  Read from the batch sharding itself, not assumed from the process index:
+  a mesh may order devices so that process p's rows are not block p.
+  """
+  index_map = batch_sharding(mesh).addressable_devices_indices_map((rows,))
+  spans = sorted({(ix[0].start or 0, rows if ix[0].stop is None else ix[0].stop)
+                  for ix in index_map.values()})
+  start, stop = spans[0][0], spans[-1][1]
+  if sum(b - a for a, b in spans) != stop - start:
+    raise ValueError(f"This process's devices hold non-contiguous rows of the batch "
+                     f"({spans}); order the mesh devices by process.")
+  return slice(start, stop)
+
+
 def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
   """Assembles each process's rows into globally sharded arrays.
 

@@ -208,6 +208,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     model = biencoder.build(config.model, vocab_size=tok.vocab_size, seed=config.seed)
     return _final_eval(model, tok, data, config, mesh, writer, 0, t_start)
   sampler = pipeline.StepSampler(len(data.train), tc.global_batch, config.seed)
+  my_rows = sharding.process_rows(mesh, tc.global_batch)  # This process's block.
   total_steps = tc.get("num_steps") or tc.num_epochs * sampler.steps_per_epoch
   logging.info("%d training mentions, %d entities: %d steps of %d (%d per epoch).",
                len(data.train), len(data.entities), total_steps, tc.global_batch,
@@ -272,7 +273,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         step % sampler.steps_per_epoch == 0 or hard is None):
       hard = mine(epoch)
       mined_epoch = epoch
-    rows = sampler.local_indices(step)
+    rows = sampler.local_indices(step, my_rows)
     # Before the first mining there are no hard negatives: those steps encode
     # only the gold entities (a second compilation, but 1 + H times fewer
     # entity encodings in the early epochs).

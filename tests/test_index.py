@@ -142,6 +142,84 @@ def test_added_entities_are_found_at_once_and_deleted_ones_never(backend):
     idx.delete([123456])
 
 
+def test_scann_tree_path_with_interleaved_changes_and_reload(tmp_path):
+  # A tree (not brute force) on a small catalogue, through the overrides.
+  emb = catalogue(3000, seed=21)
+  idx = index_lib.Index.build(emb, np.arange(3000), [""] * 3000, backend="scann",
+                              scann={"brute_force": False, "num_leaves": 30,
+                                     "leaves_to_search": 30, "reorder": 0})
+  assert not idx._scann.params.brute_force and idx._scann.params.num_leaves == 30
+  live = dict(enumerate(emb))
+  rng = np.random.default_rng(22)
+  for step in range(3):
+    gone = rng.choice(sorted(live), 40, replace=False)
+    idx.delete(gone)
+    for g in gone:
+      del live[g]
+    new_ids = np.arange(10000 + 100 * step, 10000 + 100 * step + 30)
+    new = catalogue(30, seed=30 + step)
+    idx.add(new, new_ids, [""] * 30)
+    live.update(zip(new_ids, new))
+    if step == 1:
+      idx.save(tmp_path / "ix")
+      idx = index_lib.Index.load(tmp_path / "ix")
+  ids = np.array(sorted(live))
+  mat = np.stack([live[i] for i in ids])
+  q = queries(mat, 30, seed=23)
+  _, got = idx.search(q, 10)  # Every leaf searched: exact up to AH re-scoring.
+  _, want = brute_force(mat, q, 10)
+  assert scann_search.recall(got, ids[want]) >= 0.98
+  assert len(idx) == len(live)
+
+
+def test_scann_short_results_are_padded_not_repeated():
+  emb = catalogue(600, seed=24)
+  idx = index_lib.Index.build(emb, np.arange(600), [""] * 600, backend="scann",
+                              scann={"brute_force": False, "num_leaves": 60,
+                                     "leaves_to_search": 1, "reorder": 0})
+  scores, got = idx.search(queries(emb, 5, seed=25), 64)
+  for row, sc in zip(got, scores):
+    real = row[row >= 0]
+    assert len(set(real.tolist())) == len(real)  # No entity twice.
+    assert np.isneginf(sc[row < 0]).all() and np.isfinite(sc[row >= 0]).all()
+
+
+def test_scann_params_overrides():
+  p = scann_search.ScannParams.derive(1000, 64, {"reorder": 256})
+  assert p.brute_force and p.reorder == 256
+  p = scann_search.ScannParams.derive(1_000_000, 64, {"num_leaves": 0, "reorder": 0})
+  assert p.num_leaves == 1000 and p.reorder == 256
+  with pytest.raises(ValueError, match="Unknown ScaNN parameters"):
+    scann_search.ScannParams.derive(10, 1, {"leaves": 3})
+
+
+def test_bad_changes_leave_the_index_as_it_was():
+  emb = catalogue(50, seed=26)
+  idx = index_lib.Index.build(emb, np.arange(50), [f"e{i}" for i in range(50)],
+                              ["a"] * 50, backend="exact")
+  q = queries(emb, 4, seed=27)
+  before = idx.search(q, 5)
+  with pytest.raises(ValueError, match="3 ids but 2 worlds"):
+    idx.add(emb[:3], [5, 100, 101], ["x"] * 3, ["a", "b"])
+  idx.delete([7, 7])  # A repeated id is deleted once.
+  assert len(idx) == 49 and idx.title_of([5, 7]) == ["e5", None]
+  with pytest.raises(KeyError):
+    idx.delete([7])
+  _, got = idx.search(q, 5)
+  assert 7 not in got and 100 not in got  # The failed add left no trace.
+  for g, b in zip(got, before[1]):
+    if 7 not in b:
+      np.testing.assert_array_equal(g, b)
+
+
+def test_save_refuses_to_replace_a_directory_that_is_not_an_index(tmp_path):
+  (tmp_path / "checkpoints").mkdir()
+  idx = index_lib.Index.build(catalogue(10), np.arange(10), None, backend="exact")
+  with pytest.raises(index_lib.IndexLoadError, match="not an index; not replacing"):
+    idx.save(tmp_path)
+  assert os.listdir(tmp_path) == ["checkpoints"]
+
+
 def test_exact_index_grows_past_its_spare_rows():
   emb = catalogue(64, seed=12)
   idx = index_lib.Index.build(emb, np.arange(64), [""] * 64, backend="exact")
@@ -230,9 +308,15 @@ idx = index_lib.Index.build(emb, np.arange(3001), [""] * 3001, backend="exact")
 local = idx._exact.values.addressable_shards
 held = sum(s.data.shape[0] for s in local)
 s, i = idx.search(queries(emb, 100, seed=1), 16)
+# Changes, save and load with two processes: every process takes part.
+idx.delete([0, 1])
+idx.add(emb[:2] * 3, [5000, 5001], ["a", "b"])
+idx.save(sys.argv[4])
+back = index_lib.Index.load(sys.argv[4])
+_, j = back.search(emb[:2] * 3, 1)
 if jax.process_index() == 0:
-  json.dump({{"ids": i.tolist(), "held": held, "total": idx._exact.capacity}},
-            open(sys.argv[3], "w"))
+  json.dump({{"ids": i.tolist(), "held": held, "total": idx._exact.capacity,
+             "after": j[:, 0].tolist(), "count": len(back)}}, open(sys.argv[3], "w"))
 """
 
 
@@ -246,7 +330,7 @@ def test_two_processes_each_hold_a_slice_and_match_one(tmp_path):
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   out = tmp_path / "out.json"
   procs = [subprocess.Popen([sys.executable, str(script), f"localhost:{port}", str(p),
-                             str(out)], env=env, cwd=REPO, stdout=subprocess.PIPE,
+                             str(out), str(tmp_path / "ix")], env=env, cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True) for p in range(2)]
   logs = [p.communicate(timeout=300)[0] for p in procs]
   for p, log in zip(procs, logs):
@@ -256,3 +340,4 @@ def test_two_processes_each_hold_a_slice_and_match_one(tmp_path):
   emb = catalogue(3001)
   _, want = brute_force(emb, queries(emb, 100, seed=1), 16)
   assert got["ids"] == want.tolist()
+  assert got["after"] == [5000, 5001] and got["count"] == 3001

@@ -47,15 +47,9 @@ class StepSampler:
     perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
     return perm[i * self.global_batch:(i + 1) * self.global_batch]
 
-  def local_indices(self, step: int, process: int | None = None,
-                    num_processes: int | None = None) -> np.ndarray:
-    """This process's contiguous block of the global batch."""
-    p = jax.process_index() if process is None else process
-    n = jax.process_count() if num_processes is None else num_processes
-    if self.global_batch % n:
-      raise ValueError(f"Global batch {self.global_batch} does not split over {n} processes.")
-    per = self.global_batch // n
-    return self.global_indices(step)[p * per:(p + 1) * per]
+  def local_indices(self, step: int, rows: slice) -> np.ndarray:
+    """This process's rows of step's global batch (`sharding.process_rows`)."""
+    return self.global_indices(step)[rows]
 
 
 class BatchBuilder:
