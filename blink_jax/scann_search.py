@@ -123,21 +123,31 @@ class ScannSearch:
 
   def calibrate(self, queries: np.ndarray, exact_rows: np.ndarray, k: int,
                 target: float) -> float:
-    """Raises leaves searched / candidates re-scored until recall@k >= target.
+    """The cheapest (leaves searched, candidates re-scored) reaching recall@k >= target.
 
-    Returns the recall reached (which may stay below target only when every
-    leaf is searched).
+    Two searches over one knob each: first the fewest leaves that reach the
+    target with generous re-scoring (so that approximate scores do not hide
+    what the leaves found), then the fewest re-scored candidates at those
+    leaves. Returns the recall reached, below target only when every leaf is
+    searched.
     """
     if self.params.brute_force:
       return recall(self.search(queries, k)[1], exact_rows)
     p = self.params
-    while True:
-      got = recall(self.search(queries, k)[1], exact_rows)
-      if got >= target or p.leaves_to_search >= p.num_leaves:
-        return got
-      p.leaves_to_search = min(p.num_leaves, max(p.leaves_to_search + 1,
-                                                 int(p.leaves_to_search * 1.5)))
-      p.reorder = min(len(self), int(p.reorder * 1.25))
+    measured: dict[tuple[int, int], float] = {}
+
+    def at(leaves: int, reorder: int) -> float:
+      if (leaves, reorder) not in measured:
+        got = self.search(queries, k, leaves=leaves, reorder=reorder)[1]
+        measured[leaves, reorder] = recall(got, exact_rows)
+      return measured[leaves, reorder]
+
+    generous = min(len(self), max(p.reorder, 16 * k))
+    leaves = _smallest(lambda x: at(x, generous) >= target, 1, p.num_leaves,
+                       start=max(1, p.leaves_to_search))
+    reorder = _smallest(lambda x: at(leaves, x) >= target, k, generous, start=k)
+    p.leaves_to_search, p.reorder = leaves, reorder
+    return at(leaves, reorder)
 
   # ---------------------------------------------------------------- updates
   def upsert(self, rows: np.ndarray, vectors: np.ndarray) -> None:
@@ -172,6 +182,28 @@ class ScannSearch:
   def load(cls, directory: str, params: ScannParams, storage: str) -> "ScannSearch":
     searcher = _scann().scann_ops_pybind.load_searcher(directory)
     return cls(searcher, np.load(os.path.join(directory, "positions.npy")), params, storage)
+
+
+def _smallest(ok, lo: int, hi: int, start: int) -> int:
+  """The smallest x in [lo, hi] with ok(x), for ok monotone; hi if none.
+
+  Doubles from `start` to bracket it, then bisects: O(log) calls of ok.
+  """
+  x = max(lo, min(start, hi))
+  below = lo - 1  # Largest value known to fail.
+  while not ok(x):
+    if x >= hi:
+      return hi
+    below, x = x, min(hi, x * 2)
+  while x - below > 1:  # ok(x) holds, ok(below) does not (or below < lo).
+    mid = (below + x) // 2
+    if mid < lo:
+      break
+    if ok(mid):
+      x = mid
+    else:
+      below = mid
+  return x
 
 
 def recall(got_rows: np.ndarray, exact_rows: np.ndarray) -> float:
