@@ -38,7 +38,7 @@ def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
 class Checkpointer:
   """Saves every `every` steps, keeps the last `keep`, resumes from the latest."""
 
-  def __init__(self, workdir: str, *, every: int, keep: int,
+  def __init__(self, workdir: str, *, every: int, keep: int | None,
                fingerprint: Mapping[str, Any], async_save: bool = True):
     self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
     # JSON round trip: tuples become lists, as they will be when read back.

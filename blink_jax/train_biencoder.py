@@ -16,10 +16,8 @@ and gradients equal the direct computation's (tested).
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 import time
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -27,7 +25,6 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from blink_jax import checkpoint as ckpt_lib
@@ -37,6 +34,7 @@ from blink_jax import metric_writer
 from blink_jax import optim
 from blink_jax import sharding
 from blink_jax import tokenization
+from blink_jax import trainer
 from blink_jax.data import pipeline
 from blink_jax.data import sources
 from blink_jax.models import bert_checkpoint
@@ -44,30 +42,11 @@ from blink_jax.models import biencoder
 
 
 # ------------------------------------------------------------------ the model
-@dataclasses.dataclass(frozen=True)
-class Functional:
-  """A bi-encoder as pure functions of its parameters (an nnx.State)."""
-
-  graphdef: Any
-  rest: Any  # Non-parameter state (dropout RNG streams); never trained.
-
-  @classmethod
-  def split(cls, model: nnx.Module) -> tuple["Functional", Any]:
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    return cls(graphdef, rest), params
-
-  def module(self, params) -> biencoder.BiEncoder:
-    # Fresh copies of the RNG variables: dropout mutates them, and NNX allows
-    # mutation only of variables created in the current trace.
-    return nnx.merge(self.graphdef, params, jax.tree.map(lambda x: x, self.rest))
+class Functional(trainer.Functional):
+  """A bi-encoder as pure functions of its parameters."""
 
   def embed(self, params, key, tower: str, ids, mask, train: bool):
-    model = self.module(params)
-    if train:
-      model.train()
-      nnx.reseed(model, dropout=key)  # Streams from bert.make_rngs.
-    else:
-      model.eval()
+    model = self.apply(params, key if train else None)
     fn = model.embed_context if tower == "context" else model.embed_entities
     return fn(ids, mask)
 
@@ -155,21 +134,7 @@ def make_loss_and_grads(fm: Functional, chunks: int, mesh=None) -> Callable:
 def make_train_step(fm: Functional, tx: optax.GradientTransformation,
                     schedule: optax.Schedule, chunks: int, seed: int, mesh=None):
   """One update: (state, batch) -> (state, metrics). Pure; jit it."""
-  loss_and_grads = make_loss_and_grads(fm, chunks, mesh)
-
-  def train_step(state, batch):
-    # Dropout randomness is a function of (seed, step): a resumed run draws
-    # exactly the masks the uninterrupted run would have.
-    key = jax.random.fold_in(jax.random.key(seed), state["step"])
-    (loss, metrics), grads = loss_and_grads(state["params"], batch, key)
-    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    metrics = {**metrics, "grad_norm": optax.tree.norm(grads),
-               "learning_rate": schedule(state["step"])}
-    new = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
-    return new, metrics
-
-  return train_step
+  return trainer.make_train_step(make_loss_and_grads(fm, chunks, mesh), tx, schedule, seed)
 
 
 def fingerprint(config: ml_collections.ConfigDict) -> dict:
@@ -220,85 +185,60 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   tx, schedule = optim.make(config.optim, total_steps)
 
   # ---------------------------------------------------- shard & transfer
-  param_sh = sharding.tree_shardings(mesh, params)
-  params = jax.device_put(params, param_sh)
-  opt_shapes = jax.eval_shape(tx.init, params)
-  opt_sh = sharding.tree_shardings(mesh, opt_shapes)
-  opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
-  rep = sharding.replicated(mesh)
-  state = {"params": params, "opt_state": opt_state,
-           "step": jax.device_put(jnp.zeros((), jnp.int32), rep)}
-  state_sh = {"params": param_sh, "opt_state": opt_sh, "step": rep}
+  state, state_sh = trainer.create_state(params, tx, mesh)
 
   # ---------------------------------------------------------- update step
-  train_step = jax.jit(
-      make_train_step(fm, tx, schedule, tc.get("grad_cache_chunks", 1),
-                      config.seed, mesh),
-      in_shardings=(state_sh, sharding.batch_sharding(mesh)),
-      out_shardings=(state_sh, rep), donate_argnums=(0,))
+  train_step = trainer.compile_step(
+      make_train_step(fm, tx, schedule, tc.get("grad_cache_chunks", 1), config.seed, mesh),
+      state_sh, mesh)
 
   # --------------------------------------------------- restore checkpoint
   ckpt = ckpt_lib.Checkpointer(workdir, every=tc.checkpoint_every,
                                keep=tc.keep_checkpoints, fingerprint=fingerprint(config))
   hn = config.hard_negatives
-  hard = None  # [N, H] catalogue rows of each mention's hard negatives.
-  mined_epoch = -1
+  mined = {"epoch": -1, "rows": None}  # rows: [N, H] catalogue rows of hard negatives.
   restored = ckpt.restore(ckpt_lib.abstract(state, state_sh))
   if restored is not None:
     state, meta = restored
-    mined_epoch = meta.get("mined_epoch", -1)
+    mined["epoch"] = meta.get("mined_epoch", -1)
     if meta.get("hard_negatives") is not None:
-      hard = np.asarray(meta["hard_negatives"], np.int64)
-  step = int(state["step"])
-  if step:
-    logging.info("Resuming at step %d of %d.", step, total_steps)
+      mined["rows"] = np.asarray(meta["hard_negatives"], np.int64)
+  if int(state["step"]):
+    logging.info("Resuming at step %d of %d.", int(state["step"]), total_steps)
 
-  # ----------------------------------------------------------- evaluators
-  def current_model():
-    return fm.module(state["params"])
-
-  def mine(epoch: int):
-    logging.info("Mining %d hard negatives per mention (epoch %d).", hn.num, epoch)
-    return evaluate.hard_negatives(current_model(), tok, data.entities, data.train,
-                                   hn.num, config, mesh)
-
-  # ----------------------------------------------------------- train loop
-  log_every = tc.get("log_every", 50)
-  pending = []
-  t_log = time.time()
-  progress = evaluate.progress(total_steps, initial=step, desc="train")
-  while step < total_steps:
+  # ---------------------------------------------------------- train loop
+  def before_step(step: int, state: dict):
+    # Hard negatives are re-mined at each epoch start from `start_epoch` on
+    # (and at once on a resume that finds none).
     epoch = sampler.epoch(step)
-    if hn.num and epoch >= hn.start_epoch and mined_epoch != epoch and (
-        step % sampler.steps_per_epoch == 0 or hard is None):
-      hard = mine(epoch)
-      mined_epoch = epoch
+    if hn.num and epoch >= hn.start_epoch and mined["epoch"] != epoch and (
+        step % sampler.steps_per_epoch == 0 or mined["rows"] is None):
+      logging.info("Mining %d hard negatives per mention (epoch %d).", hn.num, epoch)
+      mined["rows"] = evaluate.hard_negatives(fm.module(state["params"]), tok, data.entities,
+                                              data.train, hn.num, config, mesh)
+      mined["epoch"] = epoch
+
+  def batch(step: int):
     rows = sampler.local_indices(step, my_rows)
     # Before the first mining there are no hard negatives: those steps encode
     # only the gold entities (a second compilation, but 1 + H times fewer
     # entity encodings in the early epochs).
-    local = builder(rows, None if hard is None else hard[rows])
-    state, metrics = train_step(state, sharding.global_batch(local, mesh))
-    step += 1
-    progress.update(1)
-    pending.append(metrics)
-    if step % log_every == 0 or step == total_steps:
-      logs = jax.tree.map(lambda *x: float(np.mean(x)), *jax.device_get(pending))
-      pending = []
-      if not np.isfinite(logs["loss"]):
-        raise FloatingPointError(f"Loss is {logs['loss']} at step {step}.")
-      logs["steps_per_s"] = log_every / max(time.time() - t_log, 1e-9)
-      t_log = time.time()
-      progress.set_postfix(loss=f"{logs['loss']:.3f}", acc=f"{logs['accuracy']:.2f}")
-      writer.scalars(step, {"train": logs})
-    meta = {"mined_epoch": mined_epoch,
+    hard = mined["rows"]
+    return builder(rows, None if hard is None else hard[rows])
+
+  def meta():
+    hard = mined["rows"]
+    return {"mined_epoch": mined["epoch"],
             "hard_negatives": None if hard is None else hard.tolist()}
-    ckpt.save(step, state, meta, force=step == total_steps)
-  progress.close()
-  ckpt.close()
+
+  state = trainer.train_loop(
+      state=state, train_step=train_step, batch=batch, total_steps=total_steps,
+      mesh=mesh, ckpt=ckpt, writer=writer, tag="train", log_every=tc.get("log_every", 50),
+      before_step=before_step, meta=meta)
 
   # --------------------------------------------------------- final eval
-  return _final_eval(current_model(), tok, data, config, mesh, writer, step, t_start)
+  return _final_eval(fm.module(state["params"]), tok, data, config, mesh, writer,
+                     total_steps, t_start)
 
 
 def load_trained(config: ml_collections.ConfigDict, workdir: str,
@@ -310,20 +250,9 @@ def load_trained(config: ml_collections.ConfigDict, workdir: str,
   model = biencoder.build(config.model, vocab_size=tok_vocab, seed=config.seed)
   fm, params = Functional.split(model)
   tx, _ = optim.make(config.optim, 1)  # Only the state's shapes matter here.
-  param_sh = sharding.tree_shardings(mesh, params)
-  opt_shapes = jax.eval_shape(tx.init, params)
-  state = {"params": params, "opt_state": opt_shapes, "step": jnp.zeros((), jnp.int32)}
-  state_sh = {"params": param_sh, "opt_state": sharding.tree_shardings(mesh, opt_shapes),
-              "step": sharding.replicated(mesh)}
-  ckpt = ckpt_lib.Checkpointer(workdir, every=0, keep=config.train.keep_checkpoints,
-                               fingerprint=fingerprint(config))
-  restored = ckpt.restore(ckpt_lib.abstract(state, state_sh))
-  ckpt.close()
-  if restored is None:
-    raise FileNotFoundError(f"No bi-encoder checkpoint in {workdir}/checkpoints: "
-                            "train first (--config.mode=train_biencoder).")
-  state, _ = restored
-  return fm.module(state["params"]), int(state["step"])
+  params, step = trainer.restore_params(workdir, params, tx, mesh, fingerprint(config),
+                                        "bi-encoder (--config.mode=train_biencoder)")
+  return fm.module(params), step
 
 
 def _final_eval(model, tok, data, config, mesh, writer, step, t_start) -> dict:

@@ -1,0 +1,166 @@
+"""What every trainer shares: sharded train state, the jitted update, the loop.
+
+The bi-encoder, the cross-encoder and the distilled student differ in their
+model, loss and batches; they train the same way, here:
+  * `Functional`: a model as a pure function of its parameters;
+  * `create_state` / `restore_params`: parameters and optimizer state created
+    sharded over the mesh, and read back from a stage's checkpoints;
+  * `make_train_step` / `compile_step`: one update, jitted with explicit
+    shardings and the state donated; dropout keyed by (seed, step), so a
+    resumed run draws the masks the uninterrupted one would have;
+  * `train_loop`: resume from the latest checkpoint, one progress bar,
+    averaged logs every `log_every` steps (NaN check), checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from blink_jax import checkpoint as ckpt_lib
+from blink_jax import evaluate
+from blink_jax import metric_writer
+from blink_jax import sharding
+
+# (params, batch, key) -> ((loss, metrics), grads)
+LossAndGrads = Callable[[Any, Mapping[str, jax.Array], jax.Array], Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class Functional:
+  """A model as pure functions of its parameters (an nnx.State)."""
+
+  graphdef: Any
+  rest: Any  # Non-parameter state (dropout RNG streams); never trained.
+
+  @classmethod
+  def split(cls, model: nnx.Module) -> tuple["Functional", Any]:
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    return cls(graphdef, rest), params
+
+  def module(self, params) -> nnx.Module:
+    # Fresh copies of the RNG variables: dropout mutates them, and NNX allows
+    # mutation only of variables created in the current trace.
+    return nnx.merge(self.graphdef, params, jax.tree.map(lambda x: x, self.rest))
+
+  def apply(self, params, key: jax.Array | None) -> nnx.Module:
+    """The model in train mode with dropout drawn from `key`; eval mode if None."""
+    model = self.module(params)
+    if key is None:
+      model.eval()
+    else:
+      model.train()
+      nnx.reseed(model, dropout=key)  # Streams from bert.make_rngs.
+    return model
+
+
+def create_state(params: Any, tx: optax.GradientTransformation, mesh
+                 ) -> tuple[dict, dict]:
+  """The train state {params, opt_state, step} sharded over `mesh`, and its shardings."""
+  param_sh = sharding.tree_shardings(mesh, params)
+  params = jax.device_put(params, param_sh)
+  opt_sh = sharding.tree_shardings(mesh, jax.eval_shape(tx.init, params))
+  opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
+  rep = sharding.replicated(mesh)
+  state = {"params": params, "opt_state": opt_state,
+           "step": jax.device_put(jnp.zeros((), jnp.int32), rep)}
+  return state, {"params": param_sh, "opt_state": opt_sh, "step": rep}
+
+
+def abstract_state(params: Any, tx: optax.GradientTransformation, mesh) -> Any:
+  """ShapeDtypeStructs (with shardings) of the train state, for a restore."""
+  opt_shapes = jax.eval_shape(tx.init, params)
+  state = {"params": params, "opt_state": opt_shapes,
+           "step": jax.ShapeDtypeStruct((), jnp.int32)}
+  shardings = {"params": sharding.tree_shardings(mesh, params),
+               "opt_state": sharding.tree_shardings(mesh, opt_shapes),
+               "step": sharding.replicated(mesh)}
+  return ckpt_lib.abstract(state, shardings)
+
+
+def restore_params(stage_dir: str, params: Any, tx: optax.GradientTransformation,
+                   mesh, fingerprint: Mapping[str, Any], what: str) -> tuple[Any, int]:
+  """The parameters of the latest checkpoint in `stage_dir`, and its step.
+
+  `params` gives the structure (a freshly built model's); `tx` the optimizer
+  the stage trained with (its state is restored, then dropped).
+  """
+  # keep=None: opening a manager to read must never prune a stage's checkpoints.
+  ckpt = ckpt_lib.Checkpointer(stage_dir, every=0, keep=None, fingerprint=fingerprint)
+  restored = ckpt.restore(abstract_state(params, tx, mesh))
+  ckpt.close()
+  if restored is None:
+    raise FileNotFoundError(f"No {what} checkpoint in {stage_dir}/checkpoints: "
+                            "train it first.")
+  state, _ = restored
+  return state["params"], int(state["step"])
+
+
+def make_train_step(loss_and_grads: LossAndGrads, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, seed: int):
+  """One update: (state, batch) -> (state, metrics). Pure; jit it."""
+
+  def train_step(state, batch):
+    # Dropout randomness is a function of (seed, step): a resumed run draws
+    # exactly the masks the uninterrupted run would have.
+    key = jax.random.fold_in(jax.random.key(seed), state["step"])
+    (loss, metrics), grads = loss_and_grads(state["params"], batch, key)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
+               "learning_rate": schedule(state["step"])}
+    new = {"params": params, "opt_state": opt_state, "step": state["step"] + 1}
+    return new, metrics
+
+  return train_step
+
+
+def compile_step(train_step, state_sh: dict, mesh):
+  """jit with explicit shardings; the state's buffers are donated."""
+  rep = sharding.replicated(mesh)
+  return jax.jit(train_step, in_shardings=(state_sh, sharding.batch_sharding(mesh)),
+                 out_shardings=(state_sh, rep), donate_argnums=(0,))
+
+
+def train_loop(*, state: dict, train_step, batch: Callable[[int], Mapping[str, np.ndarray]],
+               total_steps: int, mesh, ckpt: ckpt_lib.Checkpointer,
+               writer: metric_writer.MetricWriter, tag: str, log_every: int,
+               before_step: Callable[[int, dict], None] | None = None,
+               meta: Callable[[], Mapping[str, Any]] = dict) -> dict:
+  """Runs `train_step` from the state's step to `total_steps`; returns the state.
+
+  batch(step) returns this process's rows of that step's global batch;
+  before_step(step, state) runs first (e.g. hard-negative mining); meta() is saved
+  beside each checkpoint. Logs go to `writer` under `tag`.
+  """
+  step = int(state["step"])
+  pending = []
+  t_log = time.time()
+  progress = evaluate.progress(total_steps, initial=step, desc=tag)
+  while step < total_steps:
+    if before_step is not None:
+      before_step(step, state)
+    state, metrics = train_step(state, sharding.global_batch(batch(step), mesh))
+    step += 1
+    progress.update(1)
+    pending.append(metrics)
+    if step % log_every == 0 or step == total_steps:
+      logs = jax.tree.map(lambda *x: float(np.mean(x)), *jax.device_get(pending))
+      n, pending = len(pending), []
+      if not np.isfinite(logs["loss"]):
+        raise FloatingPointError(f"{tag}: loss is {logs['loss']} at step {step}.")
+      logs["steps_per_s"] = n / max(time.time() - t_log, 1e-9)
+      t_log = time.time()
+      progress.set_postfix(loss=f"{logs['loss']:.3f}", acc=f"{logs['accuracy']:.2f}")
+      writer.scalars(step, {tag: logs})
+    ckpt.save(step, state, meta(), force=step == total_steps)
+  progress.close()
+  ckpt.close()
+  return state
