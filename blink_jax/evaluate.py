@@ -36,32 +36,35 @@ def progress(total: int, *, desc: str, initial: int = 0) -> tqdm:
               disable=jax.process_index() != 0)
 
 
-def tower_fn(tower: nnx.Module, mesh: Mesh) -> EmbedFn:
-  """A jitted `(ids, mask) -> embeddings` for one encoder tower, in eval mode.
+def tower_fn(tower: nnx.Module, mesh: Mesh) -> Callable[..., jax.Array]:
+  """A jitted `(*inputs) -> outputs` of a module in eval mode (an encoder
+  tower: (ids, mask) -> embeddings; the cross-encoder: (ids, mask, segment_ids)
+  -> scores).
 
   Inputs are global arrays split over the mesh's devices (and hosts); the
-  output is replicated so that every process can read all embeddings.
+  output is replicated so that every process can read all of it.
   """
   tower.eval()
   graphdef, state = nnx.split(tower)
 
   @functools.partial(jax.jit, out_shardings=sharding.replicated(mesh))
-  def embed(state, ids, mask):
-    return nnx.merge(graphdef, state)(ids, mask)
+  def embed(state, *inputs):
+    return nnx.merge(graphdef, state)(*inputs)
 
-  return lambda ids, mask: embed(state, ids, mask)
+  return lambda *inputs: embed(state, *inputs)
 
 
 def encode(tower: nnx.Module, tokenize: Callable[[np.ndarray], tokenization.TokenBatch],
            n: int, *, batch_size: int, mesh: Mesh | None = None,
-           desc: str = "encoding") -> np.ndarray:
-  """Embeds rows 0..n-1, `batch_size` rows per call, with a progress bar.
+           desc: str = "encoding", inputs: Sequence[str] = ("ids", "mask")) -> np.ndarray:
+  """Runs `tower` over rows 0..n-1, `batch_size` rows per call, with a progress bar.
 
-  `tokenize(rows)` reads and tokenizes those rows. Each call's rows are split
-  over the processes, and each process tokenizes only its own block, so a
-  catalogue is read once in all, in a stream. batch_size is rounded up to a
-  multiple of the device count and the last call is padded, so that the
-  function compiles once.
+  `tokenize(rows)` reads and tokenizes those rows; the fields named in
+  `inputs` are passed to the tower. Each call's rows are split over the
+  processes, and each process tokenizes only its own block, so a catalogue is
+  read once in all, in a stream. batch_size is rounded up to a multiple of
+  the device count and the last call is padded, so that the function
+  compiles once.
   """
   mesh = mesh or sharding.make_mesh()
   embed = tower_fn(tower, mesh)
@@ -75,12 +78,16 @@ def encode(tower: nnx.Module, tokenize: Callable[[np.ndarray], tokenization.Toke
     rows = np.arange(first, min(first + per, n))
     # A process past the end still tokenizes one row, for the common width.
     local = tokenize(rows if len(rows) else np.zeros(1, np.int64))
-    ids = np.zeros((per, local.ids.shape[1]), local.ids.dtype)
-    mask = np.zeros_like(local.mask, shape=ids.shape)
-    mask[:, 0] = 1  # Padding rows hold one [CLS]-like token so no row is fully masked.
-    ids[:len(rows)], mask[:len(rows)] = local.ids[:len(rows)], local.mask[:len(rows)]
-    batch = sharding.global_batch({"ids": ids, "mask": mask}, mesh)
-    chunks.append(np.asarray(embed(batch["ids"], batch["mask"]))[:min(batch_size, n - start)])
+    arrays = {}
+    for name in inputs:
+      x = getattr(local, name)
+      arrays[name] = np.zeros((per,) + x.shape[1:], x.dtype)
+      arrays[name][:len(rows)] = x[:len(rows)]
+    # Padding rows hold one [CLS]-like token so no row is fully masked.
+    arrays["mask"][len(rows):, 0] = 1
+    batch = sharding.global_batch(arrays, mesh)
+    out = embed(*(batch[name] for name in inputs))
+    chunks.append(np.asarray(out)[:min(batch_size, n - start)])
   return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
 
 
@@ -114,13 +121,33 @@ def rank_per_world(rank: Callable[[np.ndarray, np.ndarray, int], np.ndarray],
 
 
 def recall_report(ranked_ids: np.ndarray, mentions: Records[Mention],
-                  ks: Sequence[int]) -> dict:
-  """recall@k per world, with macro and micro averages over worlds."""
+                  ks: Sequence[int], normalize_k: int | None = None) -> dict:
+  """recall@k per world, with macro and micro averages over worlds.
+
+  With `normalize_k`, also the linking accuracies of the ranking's first
+  entity: unnormalized (over all mentions; = recall@1) and normalized (over
+  the mentions whose gold is in the first normalize_k, as for a re-ranker
+  over that many candidates; = recall@1 / recall@normalize_k).
+  """
   gold = mentions.labels
-  per_world = {
-      world: metrics.recall_at_k(ranked_ids[rows], gold[rows], ks)
-      for world, rows in _groups(mentions.worlds).items()}
-  return {"per_world": per_world, **metrics.macro_micro(per_world)}
+  ks = sorted(set(ks) | ({1, normalize_k} if normalize_k else set()))
+  per_world = {}
+  for world, rows in _groups(mentions.worlds).items():
+    r = metrics.recall_at_k(ranked_ids[rows], gold[rows], ks)
+    if normalize_k:
+      r["unnormalized_accuracy"] = r["recall@1"]
+      found = r[f"recall@{normalize_k}"]
+      r["normalized_accuracy"] = r["recall@1"] / found if found > 0 else float("nan")
+    per_world[world] = r
+  report = {"per_world": per_world, **metrics.macro_micro(per_world)}
+  if normalize_k:
+    # Pooled over worlds, normalized accuracy is correct / found, not the
+    # count-weighted mean of the per-world ratios (each over its own found).
+    found = report[f"micro/recall@{normalize_k}"]
+    report["micro/normalized_accuracy"] = (
+        report["micro/recall@1"] / found if found > 0 else float("nan"))
+    report["normalize_k"] = normalize_k
+  return report
 
 
 def entity_texts(entities: Records[Entity]) -> list[str]:
@@ -189,17 +216,20 @@ def embed_mentions(model, tok: tokenization.Tokenizer, mentions: Records[Mention
 def biencoder_report(model, tok: tokenization.Tokenizer,
                      entities: Records[Entity], mentions: Records[Mention],
                      config, mesh: Mesh | None = None,
-                     entity_emb: np.ndarray | None = None) -> dict:
+                     entity_emb: np.ndarray | None = None,
+                     normalize_k: int | None = None) -> dict:
   """Recall@k of the bi-encoder `model`, per world with macro/micro averages.
 
-  Pass `entity_emb` to reuse a catalogue already embedded by this model.
+  Pass `entity_emb` to reuse a catalogue already embedded by this model;
+  `normalize_k` adds the accuracies of `recall_report`.
   """
   ks = list(config.eval.ks)
   if entity_emb is None:
     entity_emb = embed_entities(model, tok, entities, config, mesh)
   ctx = embed_mentions(model, tok, mentions, config, mesh)
-  return recall_report(dense_ranking(ctx, entity_emb, entities, mentions, max(ks), mesh),
-                       mentions, ks)
+  k = max(ks + [normalize_k or 0])
+  return recall_report(dense_ranking(ctx, entity_emb, entities, mentions, k, mesh),
+                       mentions, ks, normalize_k)
 
 
 def hard_negatives(model, tok: tokenization.Tokenizer, entities: Records[Entity],

@@ -1,10 +1,14 @@
-"""Bi-encoder losses: softmax over the global batch of entities.
+"""Losses: the bi-encoder's in-batch softmax, softmax over candidates, distillation.
 
-Every mention is scored against every entity embedded in the step: the gold
+`in_batch_loss`: every mention is scored against every entity embedded in the step: the gold
 entities of all mentions of the global batch (in-batch negatives, across all
 devices and hosts) and every mention's mined hard negatives. An entity that
 equals a mention's gold but sits elsewhere in the batch (the same entity
 drawn twice) is masked out: it is neither the positive nor a negative.
+
+`candidate_loss` (cross-encoder) and `distillation_loss` (bi-encoder student)
+score each mention against its own k retrieved candidates; candidates past
+the end of a short list (`valid` false) are masked out.
 """
 
 from __future__ import annotations
@@ -44,3 +48,46 @@ def in_batch_loss(q: Array, e: Array, q_labels: Array, e_labels: Array,
       "positive_score": pos.mean(),
   }
   return loss.mean(), metrics
+
+
+def _masked(scores: Array, valid: Array) -> Array:
+  return jnp.where(valid, scores.astype(jnp.float32), _MASKED)
+
+
+def candidate_loss(scores: Array, gold: Array, valid: Array
+                   ) -> tuple[Array, dict[str, Array]]:
+  """Softmax cross-entropy over each mention's candidates (BLINK's cross-encoder).
+
+  Args:
+    scores: [B, K] a score per candidate.
+    gold: [B, K] 1 at the gold candidate (every mention has one: mentions
+      whose gold was not retrieved are not trained on).
+    valid: [B, K] false where the candidate list is padding.
+  """
+  logits = _masked(scores, valid)
+  pos = (logits * gold).sum(-1)
+  loss = jax.nn.logsumexp(logits, axis=-1) - pos
+  metrics = {"accuracy": (jnp.argmax(logits, -1) == jnp.argmax(gold, -1)).mean(),
+             "positive_score": pos.mean()}
+  return loss.mean(), metrics
+
+
+def distillation_loss(student: Array, teacher: Array, gold: Array, valid: Array, *,
+                      alpha: float, temperature: float
+                      ) -> tuple[Array, dict[str, Array]]:
+  """alpha * CE(gold) + (1 - alpha) * tau^2 * KL(teacher/tau || student/tau).
+
+  Over each mention's candidates ([B, K] arrays as in `candidate_loss`);
+  the teacher's scores are fixed inputs. tau^2 keeps the soft term's gradient
+  on the scale of the hard one's as tau grows (Hinton et al. 2015).
+  """
+  ce, metrics = candidate_loss(student, gold, valid)
+  t = temperature
+  log_p_teacher = jax.nn.log_softmax(_masked(teacher, valid) / t, axis=-1)
+  log_p_student = jax.nn.log_softmax(_masked(student, valid) / t, axis=-1)
+  # Padding columns: p_teacher = 0 exactly and both logs finite, so 0 * x = 0.
+  kl = (jnp.exp(log_p_teacher) * (log_p_teacher - log_p_student)).sum(-1).mean()
+  loss = alpha * ce + (1.0 - alpha) * t * t * kl
+  agree = jnp.argmax(_masked(student, valid), -1) == jnp.argmax(_masked(teacher, valid), -1)
+  return loss, {**metrics, "cross_entropy": ce, "kl": kl,
+                "teacher_agreement": agree.mean()}

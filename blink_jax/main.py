@@ -29,6 +29,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 MODES = {
     "demo": "blink_jax.demo:run",
     "train_biencoder": "blink_jax.train_biencoder:train_and_evaluate",
+    "train_crossencoder": "blink_jax.train_crossencoder:train_and_evaluate",
+    "distill": "blink_jax.distill:train_and_evaluate",
     "index": "blink_jax.build_index:run",
 }
 

@@ -51,3 +51,17 @@ def make(cfg: ml_collections.ConfigDict, total_steps: int
   if accum > 1:
     tx = optax.MultiSteps(tx, every_k_schedule=accum)
   return tx, schedule
+
+
+def freeze(tx: optax.GradientTransformation, params: Any, frozen_prefix: str
+           ) -> optax.GradientTransformation:
+  """`tx` on every parameter except those under `frozen_prefix`, which never change.
+
+  Frozen parameters get no optimizer state and no weight decay (a plain
+  zero gradient would still let AdamW decay them).
+  """
+  def label(path, _):
+    keys = [str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey)]
+    return "frozen" if keys and keys[0] == frozen_prefix else "train"
+  labels = jax.tree_util.tree_map_with_path(label, params)
+  return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)

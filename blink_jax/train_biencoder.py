@@ -258,6 +258,9 @@ def load_trained(config: ml_collections.ConfigDict, workdir: str,
 def _final_eval(model, tok, data, config, mesh, writer, step, t_start) -> dict:
   results, baselines = {}, {}
   ks = list(config.eval.ks)
+  # Accuracies over the candidates the cross-encoder will re-rank, so every
+  # system's report has the columns of the cross-encoder's.
+  norm_k = int(config.cross.k) if "cross" in config else None
   catalogues = {}  # Each distinct entity pool is embedded once.
   for name, mentions in data.evals.items():
     entities = data.entities_for(mentions)
@@ -265,13 +268,15 @@ def _final_eval(model, tok, data, config, mesh, writer, step, t_start) -> dict:
     if key not in catalogues:
       catalogues[key] = evaluate.embed_entities(model, tok, entities, config, mesh)
     results[name] = evaluate.biencoder_report(model, tok, entities, mentions, config,
-                                              mesh, entity_emb=catalogues[key])
+                                              mesh, entity_emb=catalogues[key],
+                                              normalize_k=norm_k)
     writer.results(f"{name}/bi-encoder", results[name], step)
     summary = {"bi-encoder": results[name]}
     if config.eval.get("bm25", True):
       # The lexical baseline beside every evaluation, as in the paper's tables.
       summary["BM25"] = evaluate.recall_report(
-          evaluate.bm25_ranking(entities, mentions, max(ks)), mentions, ks)
+          evaluate.bm25_ranking(entities, mentions, max(ks + [norm_k or 0])), mentions, ks,
+          norm_k)
       writer.results(f"{name}/BM25", summary["BM25"], step)
     baselines[name] = {k: v for k, v in summary.items() if k != "bi-encoder"}
     for system, report in summary.items():

@@ -144,23 +144,27 @@ def train_loop(*, state: dict, train_step, batch: Callable[[int], Mapping[str, n
   pending = []
   t_log = time.time()
   progress = evaluate.progress(total_steps, initial=step, desc=tag)
-  while step < total_steps:
-    if before_step is not None:
-      before_step(step, state)
-    state, metrics = train_step(state, sharding.global_batch(batch(step), mesh))
-    step += 1
-    progress.update(1)
-    pending.append(metrics)
-    if step % log_every == 0 or step == total_steps:
-      logs = jax.tree.map(lambda *x: float(np.mean(x)), *jax.device_get(pending))
-      n, pending = len(pending), []
-      if not np.isfinite(logs["loss"]):
-        raise FloatingPointError(f"{tag}: loss is {logs['loss']} at step {step}.")
-      logs["steps_per_s"] = n / max(time.time() - t_log, 1e-9)
-      t_log = time.time()
-      progress.set_postfix(loss=f"{logs['loss']:.3f}", acc=f"{logs['accuracy']:.2f}")
-      writer.scalars(step, {tag: logs})
-    ckpt.save(step, state, meta(), force=step == total_steps)
-  progress.close()
-  ckpt.close()
+  try:
+    while step < total_steps:
+      if before_step is not None:
+        before_step(step, state)
+      state, metrics = train_step(state, sharding.global_batch(batch(step), mesh))
+      step += 1
+      progress.update(1)
+      pending.append(metrics)
+      if step % log_every == 0 or step == total_steps:
+        logs = jax.tree.map(lambda *x: float(np.mean(x)), *jax.device_get(pending))
+        n, pending = len(pending), []
+        if not np.isfinite(logs["loss"]):
+          raise FloatingPointError(f"{tag}: loss is {logs['loss']} at step {step}.")
+        logs["steps_per_s"] = n / max(time.time() - t_log, 1e-9)
+        t_log = time.time()
+        progress.set_postfix(loss=f"{logs['loss']:.3f}", acc=f"{logs['accuracy']:.2f}")
+        writer.scalars(step, {tag: logs})
+      ckpt.save(step, state, meta(), force=step == total_steps)
+  finally:
+    # Also on an exception or Ctrl-C: a checkpoint being written is finished,
+    # so the run resumes from it.
+    progress.close()
+    ckpt.close()
   return state

@@ -1,4 +1,8 @@
-"""Defaults shared by every config: BLINK's bi-encoder recipe.
+"""Defaults shared by every config: BLINK's recipe for each stage.
+
+Stages: bi-encoder (`model`, `train`, `optim`, `hard_negatives`), candidates
+(its top-k per mention, stored once), cross-encoder (`cross`), distillation
+of the cross-encoder into the bi-encoder (`distill`), entity index (`index`).
 
 Other configs start from `get_config()` here and override what differs.
 Tuples, not lists, so that `--config.eval.ks='(1,64)'` can override them.
@@ -69,6 +73,54 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval.ks = (1, 2, 4, 8, 16, 32, 64, 100)
   config.eval.batch_size = 128
   config.eval.bm25 = True  # Report BM25 beside the bi-encoder.
+
+  # Candidates: each mention's top k by the trained bi-encoder, retrieved once
+  # through the index and stored in WORKDIR/candidates for the cross-encoder
+  # and distillation.
+  config.candidates = ml_collections.ConfigDict()
+  config.candidates.k = 64
+
+  # The cross-encoder (--config.mode=train_crossencoder): one BERT over the
+  # packed pair [CLS] context [SEP] entity [SEP] of at most
+  # max_context_len + max_entity_len - 1 tokens, softmax over the top k.
+  # BLINK's Zeshel recipe: 2 mentions x 64 candidates per step, lr 2e-5.
+  config.cross = ml_collections.ConfigDict()
+  config.cross.k = 64  # Candidates re-ranked per mention (<= candidates.k).
+  config.cross.max_context_len = 128
+  config.cross.max_entity_len = 128
+  config.cross.model = ml_collections.ConfigDict()
+  config.cross.model.init_from = ""  # As config.model.*.
+  config.cross.model.init_num_layers = 0
+  config.cross.model.pooling = "cls"  # The score reads [CLS] (BLINK) | mean.
+  config.cross.model.bert = dict(config.model.bert)
+  config.cross.model.bert_overrides = ml_collections.ConfigDict()
+  config.cross.train = ml_collections.ConfigDict()
+  config.cross.train.global_batch = 2  # Mentions per step (x k pair rows).
+  config.cross.train.num_epochs = 5
+  config.cross.train.num_steps = 0
+  config.cross.train.log_every = 50
+  config.cross.train.checkpoint_every = 500
+  config.cross.train.keep_checkpoints = 3
+  config.cross.optim = ml_collections.ConfigDict(dict(config.optim))
+  config.cross.optim.learning_rate = 2e-5
+  config.cross.eval_batch_size = 256  # Pair rows per call when re-ranking.
+
+  # Distillation (--config.mode=distill): the trained bi-encoder is the
+  # student; loss alpha * CE(gold) + (1 - alpha) * tau^2 * KL(teacher/tau ||
+  # student/tau) over each mention's top k candidates, the cross-encoder's
+  # scores (computed once, stored) as teacher. With train_entity_tower=False
+  # only the context tower learns: the entity embeddings (and a built index)
+  # stay valid, and a step encodes no entities.
+  config.distill = ml_collections.ConfigDict()
+  config.distill.k = 64
+  config.distill.alpha = 0.5
+  config.distill.temperature = 2.0
+  config.distill.train_entity_tower = True
+  config.distill.num_mentions = 0  # > 0: distil on a random sample of this many.
+  config.distill.train = ml_collections.ConfigDict(dict(config.train))
+  config.distill.train.global_batch = 32
+  config.distill.train.num_epochs = 1
+  config.distill.optim = ml_collections.ConfigDict(dict(config.optim))
 
   # The entity index (--config.mode=index builds it from the trained model).
   config.index = ml_collections.ConfigDict()

@@ -10,6 +10,13 @@ starts from bert-{base,large}-uncased: a hub id, or point `model.init_from`
 Recipe: batch 128, 5 epochs, 128-token contexts and entities, lr 1e-5 with
 10% warm-up, AdamW (decay 0.01); hard negatives (10 per mention, re-mined
 every epoch from epoch 1) as in BLINK's second bi-encoder round.
+Cross-encoder (--config.mode=train_crossencoder): the same BERT size over
+the pair (128 + 128 tokens, i.e. at most 255), softmax over the bi-encoder's
+top 64, 2 mentions x 64 candidates per step, 5 epochs, lr 2e-5.
+Distillation (--config.mode=distill): the bi-encoder as student on the same
+top 64, alpha 0.5, tau 2, both towers trained, 1 epoch, lr 1e-5.
+Run the stages in that order on one workdir; each resumes from its
+checkpoints and reuses the stored candidates and teacher scores.
 """
 
 import ml_collections
@@ -44,8 +51,33 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # On accelerators: bf16 matmuls, fp32 parameters and optimizer state.
   config.model.bert_overrides = dict(dtype="bfloat16")
   config.eval.batch_size = 256
+
+  config.candidates.k = 64
+  config.cross.k = 64
+  config.cross.max_context_len = 128
+  config.cross.max_entity_len = 128
+  config.cross.model.init_from = config.model.init_from
+  config.cross.model.bert.update(SIZES[arg.size])
+  config.cross.model.pooling = "cls"
+  config.cross.model.bert_overrides = dict(dtype="bfloat16")
+  config.cross.train.global_batch = 2
+  config.cross.train.num_epochs = 5
+  config.cross.train.checkpoint_every = 2000
+  config.cross.optim.learning_rate = 2e-5
+  config.cross.eval_batch_size = 512
+  config.distill.k = 64
+  config.distill.alpha = 0.5
+  config.distill.temperature = 2.0
+  config.distill.train_entity_tower = True
+  config.distill.train.global_batch = 32
+  config.distill.train.num_epochs = 1
+  config.distill.train.checkpoint_every = 1000
+  config.distill.optim.learning_rate = 1e-5
   if arg.runlocal:
     config.train.global_batch = 8
     config.train.num_steps = 10
     config.model.bert_overrides = dict(dtype="float32")
+    config.cross.model.bert_overrides = dict(dtype="float32")
+    config.cross.k = config.distill.k = 8
+    config.cross.train.num_steps = config.distill.train.num_steps = 10
   return config

@@ -50,6 +50,12 @@ def test_demo_runlocal_end_to_end(tmp_path):
   # encoder is not (chance R@1 = 1/40 per world here).
   assert saved["test/BM25"]["macro/recall@1"] > 0.2
   assert os.path.isdir(tmp_path / "tensorboard")
+  # Every stage of the chain reports on the same test mentions.
+  assert list(rows) == ["BM25", "bi-encoder (untrained)", "bi-encoder",
+                        "bi-encoder + cross-encoder", "distilled bi-encoder"]
+  for name in rows:
+    assert saved[f"test/{name}"]["count"] == n_test
+    assert "macro/normalized_accuracy" in saved[f"test/{name}"]
 
 
 def test_cli_overrides_reach_the_config(tmp_path):
@@ -62,7 +68,9 @@ def test_cli_overrides_reach_the_config(tmp_path):
   assert out.returncode == 0, out.stderr[-3000:]
   with open(tmp_path / "metrics.json") as f:
     report = json.load(f)["test/BM25"]
-  assert set(k for k in report if k.startswith("macro/")) == {
-      "macro/recall@1", "macro/recall@3"}
+  # The requested ks, plus the cross-encoder's k (4 in runlocal) for the
+  # accuracies over its candidates.
+  assert set(k for k in report if k.startswith("macro/recall@")) == {
+      "macro/recall@1", "macro/recall@3", "macro/recall@4"}
   n_entities = sum(1 for _ in open(tmp_path / "data" / "entities.jsonl"))
   assert n_entities == 10 * 3  # 2 train + 1 test worlds of 10.

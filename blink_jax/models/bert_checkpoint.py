@@ -201,3 +201,21 @@ def load_pretrained(path_or_hub_id: str | os.PathLike, *, seed: int = 0,
   model = bert.Bert(cfg, rngs=bert.make_rngs(seed))
   load_into(model, tensors)
   return model
+
+
+def build_encoder(model_cfg, vocab_size: int, seed: int = 0) -> bert.Bert:
+  """The BERT of a config's `model` block: pretrained or random.
+
+  `model.init_from` (a spec for `resolve`) loads a checkpoint, keeping its
+  first `model.init_num_layers` layers when > 0, with `model.bert_overrides`
+  (numerics such as dtype or dropout); without it the encoder is initialised
+  at random from the shape in `model.bert`.
+  """
+  overrides = dict(model_cfg.get("bert_overrides", {}))
+  if model_cfg.get("init_from"):
+    return load_pretrained(model_cfg.init_from, seed=seed,
+                           first_layers=model_cfg.get("init_num_layers") or None,
+                           **overrides)
+  fields = {**dict(model_cfg.bert), **overrides}
+  fields.setdefault("vocab_size", vocab_size)
+  return bert.Bert(bert.BertConfig(**fields), rngs=bert.make_rngs(seed))

@@ -67,33 +67,18 @@ class BiEncoder(nnx.Module):
     return q @ e.T
 
 
-def bert_config(model_cfg: ml_collections.ConfigDict, vocab_size: int) -> bert.BertConfig:
-  """The BertConfig of a config's `model.bert` block (for random init)."""
-  fields = dict(model_cfg.bert)
-  fields.setdefault("vocab_size", vocab_size)
-  return bert.BertConfig(**fields)
-
-
 def build(model_cfg: ml_collections.ConfigDict, *, vocab_size: int,
           seed: int = 0) -> BiEncoder:
   """Builds the bi-encoder of `config.model`.
 
-  With `model.init_from` (a checkpoint spec, see `bert_checkpoint.resolve`)
-  both towers start from the same pretrained weights, as in BLINK; without
-  it they are initialised at random from `model.bert`.
+  With `model.init_from` both towers start from the same pretrained weights,
+  as in BLINK; without it they are initialised at random from `model.bert`.
   """
   rngs = bert.make_rngs(seed)
-  overrides = dict(model_cfg.get("bert_overrides", {}))
-
-  def encoder(tower_seed):
-    if model_cfg.get("init_from"):
-      return bert_checkpoint.load_pretrained(
-          model_cfg.init_from, seed=tower_seed,
-          first_layers=model_cfg.get("init_num_layers") or None, **overrides)
-    return bert.Bert(bert_config(model_cfg, vocab_size), rngs=bert.make_rngs(tower_seed))
-
   proj = model_cfg.get("projection_dim") or None
   pooling = model_cfg.get("pooling", "cls")
   return BiEncoder(
-      Tower(encoder(seed), pooling, proj, rngs=rngs),
-      Tower(encoder(seed + 1), pooling, proj, rngs=rngs))
+      Tower(bert_checkpoint.build_encoder(model_cfg, vocab_size, seed), pooling, proj,
+            rngs=rngs),
+      Tower(bert_checkpoint.build_encoder(model_cfg, vocab_size, seed + 1), pooling, proj,
+            rngs=rngs))

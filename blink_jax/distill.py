@@ -1,0 +1,259 @@
+"""Distillation: the cross-encoder teaches the bi-encoder (Wu et al. 2020).
+
+Reads top to bottom: mesh -> data, candidates and teacher scores -> student
+-> shard & transfer -> update step -> restore checkpoint -> train loop ->
+evaluation. `train_and_evaluate(config, workdir)` is the entry point
+(config.mode = "distill"); the demo calls it too.
+
+The student starts from the trained bi-encoder and learns on each training
+mention's top `distill.k` candidates (the stored lists the cross-encoder
+re-ranks) with
+    alpha * CE(gold) + (1 - alpha) * tau^2 * KL(softmax(t / tau) || softmax(s / tau)),
+t the cross-encoder's scores, computed once and stored in
+WORKDIR/distill/teacher_train.npz. As for the cross-encoder, mentions whose
+gold was not retrieved are dropped. With `distill.train_entity_tower=False`
+only the context tower learns: the catalogue's embeddings (and an index built
+from them) stay valid, and a step reads the candidates' embeddings instead of
+encoding them. Checkpoints go to WORKDIR/distill/checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh
+
+from blink_jax import candidates as candidates_lib
+from blink_jax import checkpoint as ckpt_lib
+from blink_jax import evaluate
+from blink_jax import index as index_lib
+from blink_jax import losses
+from blink_jax import metric_writer
+from blink_jax import optim
+from blink_jax import sharding
+from blink_jax import tokenization
+from blink_jax import train_biencoder
+from blink_jax import train_crossencoder
+from blink_jax import trainer
+from blink_jax.data import pipeline
+from blink_jax.data import sources
+from blink_jax.models import bert_checkpoint
+from blink_jax.models import biencoder
+
+STAGE = "distill"
+
+
+def stage_dir(workdir: str) -> str:
+  return os.path.join(workdir, STAGE)
+
+
+def fingerprint(config: ml_collections.ConfigDict) -> dict:
+  """What a student checkpoint must agree on to be resumed under `config`."""
+  d = config.distill
+  return {**train_biencoder.fingerprint(config), "distill.k": d.k, "alpha": d.alpha,
+          "temperature": d.temperature, "train_entity_tower": d.train_entity_tower,
+          "distill.global_batch": d.train.global_batch}
+
+
+def make_optimizer(config: ml_collections.ConfigDict, params, total_steps: int):
+  tx, schedule = optim.make(config.distill.optim, total_steps)
+  if not config.distill.train_entity_tower:
+    tx = optim.freeze(tx, params, "entity_encoder")
+  return tx, schedule
+
+
+def make_loss_and_grads(fm: train_biencoder.Functional, *, alpha: float,
+                        temperature: float):
+  """(params, batch, key) -> ((loss, metrics), grads) of the student.
+
+  The batch holds B contexts, their K candidates (as tokens [B, K, Le], or as
+  fixed embeddings [B, K, d] when the entity tower is frozen), the teacher's
+  scores, gold and validity, all [B, K].
+  """
+
+  def loss_and_grads(params, batch, key):
+    kq, ke = jax.random.split(key)
+
+    def f(params):
+      q = fm.embed(params, kq, "context", batch["context_ids"], batch["context_mask"], True)
+      if "entity_emb" in batch:
+        e = batch["entity_emb"]
+      else:
+        b, k, le = batch["entity_ids"].shape
+        e = fm.embed(params, ke, "entity", batch["entity_ids"].reshape(b * k, le),
+                     batch["entity_mask"].reshape(b * k, le), True).reshape(b, k, -1)
+      scores = jnp.einsum("bd,bkd->bk", q, e, preferred_element_type=jnp.float32)
+      return losses.distillation_loss(scores, batch["teacher"], batch["gold"],
+                                      batch["valid"], alpha=alpha, temperature=temperature)
+
+    return jax.value_and_grad(f, has_aux=True)(params)
+
+  return loss_and_grads
+
+
+class StudentBatches(pipeline.Inputs):
+  """Contexts, candidates and teacher scores of training mentions, by row."""
+
+  def __init__(self, tok, entities, mentions, candidate_ids, teacher, *,
+               max_context_len: int, max_entity_len: int,
+               entity_emb: np.ndarray | None = None):
+    super().__init__(tok, entities, mentions, max_context_len=max_context_len,
+                     max_entity_len=max_entity_len)
+    self.candidate_ids = candidate_ids
+    self.candidate_rows = entities.positions_of(candidate_ids.reshape(-1)).reshape(
+        candidate_ids.shape)
+    self.teacher = teacher
+    self.entity_emb = entity_emb  # [E, d] by catalogue row, when frozen.
+
+  def __call__(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+    ctx = self.contexts(rows)
+    ent_rows = self.candidate_rows[rows]
+    valid = ent_rows >= 0
+    safe = np.where(valid, ent_rows, 0)  # Padding: row 0, masked by `valid`.
+    out = {"context_ids": ctx.ids, "context_mask": ctx.mask,
+           "teacher": np.where(valid, self.teacher[rows], 0.0).astype(np.float32),
+           "gold": ((self.candidate_ids[rows] == self.mentions.labels[rows][:, None])
+                    & valid).astype(np.float32),
+           "valid": valid}
+    if self.entity_emb is not None:
+      out["entity_emb"] = self.entity_emb[safe]
+    else:
+      ents = self.entity_batch(safe.reshape(-1))
+      out["entity_ids"] = ents.ids.reshape(*safe.shape, -1)
+      out["entity_mask"] = ents.mask.reshape(*safe.shape, -1)
+    return out
+
+
+def teacher_scores(config, workdir: str, builder: pipeline.PairBuilder, name: str,
+                   mesh: Mesh) -> np.ndarray:
+  """The cross-encoder's scores of `builder`'s candidates, computed once and stored."""
+  teacher, step = train_crossencoder.load_trained(config, workdir, mesh)
+  meta = {"crossencoder": index_lib.model_id(step, train_crossencoder.fingerprint(config)),
+          "candidates": candidates_lib.fingerprint_of(builder.candidate_ids,
+                                                      builder.mentions.labels)}
+  path = os.path.join(stage_dir(workdir), f"teacher_{name}.npz")
+  stored = candidates_lib.load_arrays(path, meta)
+  if stored is not None:
+    return stored["scores"]
+  logging.info("Teacher: scoring %d mentions x %d candidates.", *builder.candidate_ids.shape)
+  scores = train_crossencoder.score_candidates(
+      teacher, builder, batch_size=config.cross.eval_batch_size, mesh=mesh,
+      desc="teacher scores")
+  candidates_lib.save_arrays(path, {"scores": scores}, meta)
+  return scores
+
+
+def load_trained(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None
+                 ) -> tuple[biencoder.BiEncoder, int]:
+  """The distilled student of WORKDIR/distill, and its step."""
+  mesh = mesh or sharding.make_mesh(config.get("mesh"))
+  tok = tokenization.Tokenizer.from_pretrained(bert_checkpoint.resolve(config.tokenizer))
+  model = biencoder.build(config.model, vocab_size=tok.vocab_size, seed=config.seed)
+  fm, params = train_biencoder.Functional.split(model)
+  tx, _ = make_optimizer(config, params, 1)
+  params, step = trainer.restore_params(stage_dir(workdir), params, tx, mesh,
+                                        fingerprint(config), "distilled bi-encoder")
+  return fm.module(params), step
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       data: sources.LinkingData | None = None) -> dict:
+  """Distils the trained cross-encoder into the trained bi-encoder; evaluates it.
+
+  Returns {"model": the student, "metrics": {eval set: recall report}}.
+  """
+  t_start = time.time()
+  writer = metric_writer.MetricWriter(workdir)
+  dc, tc = config.distill, config.distill.train
+  k = int(dc.k)
+
+  # ---------------------------------------------------------------- mesh
+  mesh = sharding.make_mesh(config.get("mesh"))
+
+  # ------------------------------------- data, candidates, teacher scores
+  tok = tokenization.Tokenizer.from_pretrained(bert_checkpoint.resolve(config.tokenizer))
+  data = data or sources.load(config, workdir)
+  if not data.train:
+    raise ValueError("Distillation needs training mentions (config.data).")
+  cands = candidates_lib.for_sets(config, workdir, {"train": data.train},
+                                  data.entities_for, mesh)["train"].top(k)
+  kept = np.flatnonzero(cands.gold_positions() >= 0)  # Gold retrieved, as BLINK trains.
+  if 0 < dc.get("num_mentions", 0) < len(kept):
+    # A sample: the teacher scores only the mentions the student will see.
+    rng = np.random.default_rng([config.seed, 1])
+    kept = np.sort(rng.choice(kept, dc.num_mentions, replace=False))
+  train = data.train.subset(kept)
+  cand_ids = cands.ids[kept]
+  dropped = int((cands.gold_positions() < 0).sum())
+  logging.info("Distillation on %d training mentions (%d of %d dropped: gold not in "
+               "the top %d).", len(kept), dropped, len(data.train), k)
+  writer.results(f"{STAGE}/train_mentions", {
+      "mentions": len(data.train), "trained_on": len(kept),
+      "dropped_gold_not_in_top_k": dropped, "k": k})
+  cc = config.cross
+  teacher = teacher_scores(config, workdir, pipeline.PairBuilder(
+      tok, data.entities, train, cand_ids, max_context_len=cc.max_context_len,
+      max_entity_len=cc.max_entity_len), "train", mesh)
+
+  # ---------------------------------------------------------------- model
+  # The student starts as the trained bi-encoder.
+  student, _ = train_biencoder.load_trained(config, workdir, mesh)
+  fm, params = train_biencoder.Functional.split(student)
+  entity_emb = None
+  if not dc.train_entity_tower:
+    entity_emb = evaluate.embed_entities(student, tok, data.entities, config, mesh)
+  batches = StudentBatches(tok, data.entities, train, cand_ids, teacher,
+                           max_context_len=config.data.max_context_len,
+                           max_entity_len=config.data.max_entity_len, entity_emb=entity_emb)
+  sampler = pipeline.StepSampler(len(train), tc.global_batch, config.seed)
+  total_steps = tc.get("num_steps") or tc.num_epochs * sampler.steps_per_epoch
+  my_rows = sharding.process_rows(mesh, tc.global_batch)
+  tx, schedule = make_optimizer(config, params, total_steps)
+  logging.info("Distillation: %d steps of %d mentions x %d candidates (alpha %.2f, "
+               "tau %.1f, entity tower %s).", total_steps, tc.global_batch, k, dc.alpha,
+               dc.temperature, "trained" if dc.train_entity_tower else "frozen")
+
+  # ---------------------------------------------------- shard & transfer
+  state, state_sh = trainer.create_state(params, tx, mesh)
+
+  # ---------------------------------------------------------- update step
+  train_step = trainer.compile_step(trainer.make_train_step(
+      make_loss_and_grads(fm, alpha=dc.alpha, temperature=dc.temperature),
+      tx, schedule, config.seed), state_sh, mesh)
+
+  # --------------------------------------------------- restore checkpoint
+  ckpt = ckpt_lib.Checkpointer(stage_dir(workdir), every=tc.checkpoint_every,
+                               keep=tc.keep_checkpoints, fingerprint=fingerprint(config))
+  restored = ckpt.restore(ckpt_lib.abstract(state, state_sh))
+  if restored is not None:
+    state = restored[0]
+    logging.info("Distillation: resuming at step %d of %d.", int(state["step"]),
+                 total_steps)
+
+  # ----------------------------------------------------------- train loop
+  state = trainer.train_loop(
+      state=state, train_step=train_step,
+      batch=lambda step: batches(sampler.local_indices(step, my_rows)),
+      total_steps=total_steps, mesh=mesh, ckpt=ckpt, writer=writer,
+      tag=f"{STAGE}/train", log_every=tc.get("log_every", 50))
+  student = fm.module(state["params"])
+
+  # ----------------------------------------------------------- evaluation
+  results = {}
+  ks = list(config.eval.ks)
+  for name, mentions in data.evals.items():
+    results[name] = evaluate.biencoder_report(
+        student, tok, data.entities_for(mentions), mentions, config, mesh,
+        normalize_k=int(config.cross.k))
+    writer.results(f"{name}/distilled bi-encoder", results[name], total_steps)
+    logging.info("%s distilled bi-encoder: %s", name, " ".join(
+        f"R@{k_}={results[name][f'macro/recall@{k_}']:.3f}" for k_ in ks))
+  writer.close()
+  logging.info("Distillation done in %.0fs.", time.time() - t_start)
+  return {"model": student, "metrics": results}
