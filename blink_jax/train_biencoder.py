@@ -197,14 +197,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                keep=tc.keep_checkpoints, fingerprint=fingerprint(config))
   hn = config.hard_negatives
   mined = {"epoch": -1, "rows": None}  # rows: [N, H] catalogue rows of hard negatives.
-  restored = ckpt.restore(ckpt_lib.abstract(state, state_sh))
-  if restored is not None:
-    state, meta = restored
-    mined["epoch"] = meta.get("mined_epoch", -1)
-    if meta.get("hard_negatives") is not None:
-      mined["rows"] = np.asarray(meta["hard_negatives"], np.int64)
-  if int(state["step"]):
-    logging.info("Resuming at step %d of %d.", int(state["step"]), total_steps)
+  state, meta = trainer.restore(ckpt, state, state_sh, what="bi-encoder",
+                                total_steps=total_steps)
+  mined["epoch"] = meta.get("mined_epoch", -1)
+  if meta.get("hard_negatives") is not None:
+    mined["rows"] = np.asarray(meta["hard_negatives"], np.int64)
 
   # ---------------------------------------------------------- train loop
   def before_step(step: int, state: dict):

@@ -184,11 +184,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # ------------------------------------------------- restore checkpoint
     ckpt = ckpt_lib.Checkpointer(stage_dir(workdir), every=tc.checkpoint_every,
                                  keep=tc.keep_checkpoints, fingerprint=fingerprint(config))
-    restored = ckpt.restore(ckpt_lib.abstract(state, state_sh))
-    if restored is not None:
-      state = restored[0]
-      logging.info("Cross-encoder: resuming at step %d of %d.", int(state["step"]),
-                   total_steps)
+    state, _ = trainer.restore(ckpt, state, state_sh, what="cross-encoder",
+                               total_steps=total_steps)
 
     # --------------------------------------------------------- train loop
     def batch(step: int):

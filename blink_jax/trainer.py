@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from absl import logging
 from flax import nnx
 
 from blink_jax import checkpoint as ckpt_lib
@@ -101,6 +102,17 @@ def restore_params(stage_dir: str, params: Any, tx: optax.GradientTransformation
                             "train it first.")
   state, _ = restored
   return state["params"], int(state["step"])
+
+
+def restore(ckpt: ckpt_lib.Checkpointer, state: dict, state_sh: dict, *, what: str,
+            total_steps: int) -> tuple[dict, dict]:
+  """The latest checkpoint's (state, meta), or (state, {}) when there is none."""
+  restored = ckpt.restore(ckpt_lib.abstract(state, state_sh))
+  if restored is None:
+    return state, {}
+  state, meta = restored
+  logging.info("Resuming at step %d of %d (%s).", int(state["step"]), total_steps, what)
+  return state, meta
 
 
 def make_train_step(loss_and_grads: LossAndGrads, tx: optax.GradientTransformation,
