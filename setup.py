@@ -34,6 +34,7 @@ TEST_REQUIRES = [
     "nbclient>=0.10",
     "nbformat>=5.10",
     "ipykernel>=6.29",
+    "matplotlib>=3.8",
 ]
 
 setuptools.setup(

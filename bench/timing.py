@@ -34,6 +34,7 @@ class Rounds:
   b_s: list[float]
   other_load: list[float]
   discarded: int
+  kept: list[int] = dataclasses.field(default_factory=list)  # Attempt index of each kept round.
 
   def summary(self, items: int, a: str, b: str, unit: str) -> dict:
     """Medians of items/s per side, their ratio a/b, spreads and load."""
@@ -59,9 +60,11 @@ class Rounds:
 def alternate(run_a: Callable[[], None], run_b: Callable[[], None], *, repeats: int,
               max_other_load: float = 0.25, max_wait: float = 900.0) -> Rounds:
   """Times `repeats` rounds of (run_a(), run_b()), rerunning contended rounds."""
-  a_s, b_s, others, discarded = [], [], [], 0
+  a_s, b_s, others, discarded, kept = [], [], [], 0, []
   deadline = time.monotonic() + max_wait
+  attempt = -1
   while len(a_s) < repeats:
+    attempt += 1
     busy0, own0, wall0 = busy_cpu_seconds(), time.process_time(), time.perf_counter()
     start = time.perf_counter()
     run_a()
@@ -78,4 +81,5 @@ def alternate(run_a: Callable[[], None], run_b: Callable[[], None], *, repeats: 
     a_s.append(ta)
     b_s.append(tb)
     others.append(max(other, 0.0))
-  return Rounds(a_s, b_s, others, discarded)
+    kept.append(attempt)
+  return Rounds(a_s, b_s, others, discarded, kept)

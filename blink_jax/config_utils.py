@@ -8,6 +8,8 @@ fails at start-up, not an hour into a run.
 
 from __future__ import annotations
 
+import importlib.util
+import os
 from typing import Any
 
 import ml_collections
@@ -42,3 +44,17 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
     else:
       out[key] = type(default)(value)
   return out
+
+
+def load(spec: str) -> ml_collections.ConfigDict:
+  """The config of "configs/demo.py:runlocal" (a file, then an optional arg), as
+  --config=... gives it, for notebooks and scripts that do not use absl flags."""
+  path, _, arg = spec.partition(":")
+  if not os.path.exists(path):
+    raise FileNotFoundError(f"No config file {path!r} (relative paths start at the "
+                            "repository root).")
+  module_spec = importlib.util.spec_from_file_location(
+      "config_" + os.path.basename(path).removesuffix(".py"), path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  return module.get_config(arg or None)

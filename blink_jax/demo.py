@@ -3,9 +3,12 @@
 Generates (once) the synthetic Zeshel-style worlds into WORKDIR/data, then
 runs BLINK's chain on the training worlds: bi-encoder (in-batch and mined
 hard negatives) -> its top-k candidates -> cross-encoder re-ranker ->
-distillation of the cross-encoder into the bi-encoder. Prints one table on
-the unseen test worlds: BM25, the untrained bi-encoder, the trained one, the
-trained one re-ranked by the cross-encoder, and the distilled one; written to
+distillation of the cross-encoder into the bi-encoder -> the end-to-end
+linker (mention detection trained jointly with linking on the training
+documents). Prints two tables on the unseen test worlds: retrieval and
+re-ranking of the gold mentions (BM25, the untrained bi-encoder, the trained
+one, it re-ranked by the cross-encoder, the distilled one), and end-to-end
+linking of the test documents (fast and full mode); all in
 WORKDIR/metrics.json too. Every stage resumes from its checkpoints.
 Importable without absl: `demo.run(config, workdir)`.
 """
@@ -25,6 +28,7 @@ from blink_jax import metric_writer
 from blink_jax import tokenization
 from blink_jax import train_biencoder
 from blink_jax import train_crossencoder
+from blink_jax import train_linker
 from blink_jax.data import sources
 from blink_jax.models import bert_checkpoint
 from blink_jax.models import biencoder
@@ -47,10 +51,23 @@ def format_table(rows: Mapping[str, dict], ks: Sequence[int]) -> str:
   return "\n".join(lines)
 
 
+def format_linking(results: Mapping[str, dict]) -> str:
+  """A fixed-width table of end-to-end P/R/F1, one row per mode."""
+  cols = [("mention F1", "mention_detection/strong/f1"),
+          ("(weak)", "mention_detection/weak/f1"),
+          ("link P", "linking/strong/precision"), ("link R", "linking/strong/recall"),
+          ("link F1", "linking/strong/f1"), ("(weak)", "linking/weak/f1")]
+  head = f"{'mode':<32}" + "".join(f"{name:>11}" for name, _ in cols)
+  lines = [head, "-" * len(head)]
+  for mode, report in results.items():
+    lines.append(f"{mode:<32}" + "".join(f"{report[key]:>11.3f}" for _, key in cols))
+  return "\n".join(lines)
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
   """Runs the demo; returns {system: report on the test worlds}."""
   t0 = time.time()
-  data = sources.load(config, workdir)
+  data = sources.load(config, workdir, documents=True)
   test = data.evals["test"]
   test_entities = data.entities_for(test)
   logging.info("Catalogue: %d entities (%d in the unseen test worlds); %d train, "
@@ -65,6 +82,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
   trained = train_biencoder.train_and_evaluate(config, workdir, data)
   cross = train_crossencoder.train_and_evaluate(config, workdir, data)
   distilled = distill.train_and_evaluate(config, workdir, data)
+  linked = train_linker.train_and_evaluate(config, workdir, data)
   bm25 = trained["baselines"]["test"].get("BM25") or evaluate.recall_report(
       evaluate.bm25_ranking(test_entities, test, config.candidates.k), test,
       list(config.eval.ks), normalize_k=k)
@@ -86,5 +104,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
         f"re-ranks the bi-encoder's top {k}, normalized accuracy is over the mentions "
         f"whose gold is in a system's top {k}):")
   print(format_table(rows, ks))
+  docs = data.eval_documents["test"]
+  print(f"\nEnd to end on the {len(docs)} test documents (spans found by the linker; "
+        "strong = exact span, weak = overlap):")
+  print(format_linking({f"linker, {name.split('/')[1]} mode": r
+                        for name, r in linked["metrics"].items() if name.startswith("test/")}))
+  example = docs[0].text[:300]
+  print(f"\nLinked: {linked['linker'].render(example)}")
   print(f"\n[{time.time() - t0:.0f}s] metrics in {os.path.join(workdir, 'metrics.json')}")
   return rows

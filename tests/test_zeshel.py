@@ -243,3 +243,89 @@ def test_bad_record_names_file_and_line(kind, tmp_path, caplog):
   # The good records are untouched: same ids, same mentions.
   assert out == converted(write_raw(tmp_path / "clean"))
   assert "tensorflow" not in sys.modules
+
+
+# -------------------------------------------------------------------------------- documents
+
+
+def test_documents_cover_the_mentions_with_their_ids(raw):
+  docs = zeshel.read_documents(raw)
+  mentions = converted(raw)["mentions"]
+  texts = {d: x for per_world in DOCS.values() for d, _, x in per_world}
+  # One document per context document, in order of first appearance in the mentions file.
+  assert [(d.id, d.world) for d in docs["train"]] == [
+      ("AF1", "american_football"), ("AF2", "american_football"), ("AF0", "american_football"),
+      ("DW1", "doctor_who")]
+  assert [(d.id, d.world) for d in docs["val"]] == [("CS2", "coronation_street")]
+  assert [(d.id, d.world) for d in docs["test"]] == [("FR2", "forgotten_realms")]
+  for split in zeshel.SPLITS:
+    spans = {}
+    for doc in docs[split]:
+      assert doc.text == texts[doc.id]
+      assert list(doc.spans) == sorted(doc.spans, key=lambda s: s.start)
+      for s in doc.spans:
+        assert doc.text[s.start:s.end] == s.mention
+        spans[doc.id, s.mention] = (s.label_id, s.label_title)
+    # The raw lines, matched to the converted mention records line for line.
+    raw_lines = MENTIONS[split]
+    assert len(spans) == len(raw_lines) == len(mentions[split])
+    for line, m in zip(raw_lines, mentions[split]):
+      assert line["text"].lower() == m.mention.lower()
+      assert spans[line["context_document_id"], m.mention] == (m.label_id, m.label_title)
+  # The 2-mention test document: exact offsets, spans in text order (the file lists them
+  # the other way round).
+  fr2 = docs["test"][0]
+  assert [(s.start, s.end, s.mention, s.label_id) for s in fr2.spans] == [
+      (28, 34, "Drizzt", 9), (38, 47, "Waterdeep", 10)]
+  assert docs["train"][1].spans[0].mention == "Joe Montana"  # The text's case, not the line's.
+
+
+def test_documents_splits_and_mismatch(raw, tmp_path):
+  assert list(zeshel.read_documents(raw, ["val"])) == ["val"]
+  with pytest.raises(ValueError, match="splits must be among"):
+    zeshel.read_documents(raw, ["valid"])
+  bad = write_raw(tmp_path / "bad", BAD["mismatch"][:1] + (2, BAD["mismatch"][1]))
+  path = bad / "mentions/train.json"
+  with pytest.raises(DataError, match=f"^{path}:2: mention text 'Daleks love' does not match "
+                     r"tokens\[0:2\] = 'Daleks hate'$") as info:
+    zeshel.read_documents(bad)
+  assert info.value.reason == "mention_mismatch"
+  stats = ReadStats()
+  skipped = zeshel.read_documents(bad, skip_bad=True, stats=stats)
+  assert stats.reasons == {"mention_mismatch": 1}
+  assert skipped == zeshel.read_documents(raw)  # The bad line is dropped, nothing else.
+
+
+def test_blank_span_is_refused(tmp_path):
+  raw = write_raw(tmp_path / "raw")
+  lines = (raw / "documents/doctor_who.json").read_text().splitlines()
+  lines[2] = json.dumps({"title": "Dalek", "text": "Daleks  hate", "document_id": "DW2"})
+  (raw / "documents/doctor_who.json").write_text("\n".join(lines) + "\n")
+  write = (raw / "mentions/train.json").read_text()
+  (raw / "mentions/train.json").write_text(
+      write + json.dumps(mention("x", "doctor_who", "DW2", "DW2", 1, 1, "")) + "\n")
+  with pytest.raises(DataError, match=r"train.json:5: tokens\[1:2\] cover no text"):
+    zeshel.read_documents(raw)
+
+
+def test_sources_load_zeshel_documents(raw, tmp_path):
+  from blink_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from configs import base  # pylint: disable=g-import-not-at-top
+  config = base.get_config()
+  config.data.kind = "zeshel"
+  config.data.zeshel_dir = str(raw)
+  config.data.tfds_dir = str(tmp_path / "tfds")
+  assert not sources.load(config, str(tmp_path / "work")).train_documents  # Only on request.
+  data = sources.load(config, str(tmp_path / "work"), documents=True)
+  docs = zeshel.read_documents(raw)
+  assert data.train_documents == docs["train"]
+  assert data.eval_documents == {"val": docs["val"], "test": docs["test"]}
+  assert sorted(s.label_id for d in data.train_documents for s in d.spans) == sorted(
+      data.train.labels.tolist())
+  # A catalogue built from another release (here: one document fewer) is refused.
+  lines = (raw / "documents/american_football.json").read_text().splitlines()
+  (raw / "documents/american_football.json").write_text("\n".join(lines[1:]) + "\n")
+  (raw / "mentions/train.json").write_text("".join(
+      json.dumps(m) + "\n" for m in MENTIONS["train"] if m["label_document_id"] != "AF0"))
+  with pytest.raises(DataError, match="disagree with the built catalogue"):
+    sources.load(config, str(tmp_path / "work"), documents=True)

@@ -7,7 +7,8 @@
     (mentions; may be empty for evaluation only) and `data.eval` (comma-separated
     mention files, each evaluated separately, named after the file).
   * "zeshel": the Zeshel release in `data.zeshel_dir` (see `zeshel.py`),
-    train on the train worlds, evaluate on val and test worlds.
+    train on the train worlds, evaluate on val and test worlds; the linker's
+    documents are each split's context documents with their mentions.
 `data.skip_bad` skips (and counts) bad records instead of failing.
 
 Every set is a `records.Records`: labels and worlds in memory, the records
@@ -20,21 +21,28 @@ import dataclasses
 import os
 import jax
 import ml_collections
+import numpy as np
 from jax.experimental import multihost_utils
 
 from blink_jax.data import jsonl
 from blink_jax.data import synthetic
-from blink_jax.data.jsonl import Entity, Mention
+from blink_jax.data.jsonl import Document, Entity, Mention
 from blink_jax.data.records import Records
 
 
 @dataclasses.dataclass
 class LinkingData:
-  """A catalogue, training mentions and named evaluation sets."""
+  """A catalogue, training mentions and named evaluation sets.
+
+  Documents (whole texts with annotated spans) train and evaluate the
+  end-to-end linker; they are small next to the catalogue and held in memory.
+  """
 
   entities: Records[Entity]
   train: Records[Mention]
   evals: dict[str, Records[Mention]]
+  train_documents: list[Document] = dataclasses.field(default_factory=list)
+  eval_documents: dict[str, list[Document]] = dataclasses.field(default_factory=dict)
 
   def entities_for(self, mentions: Records[Mention]) -> Records[Entity]:
     """The catalogue restricted to the worlds of `mentions` (all if no worlds)."""
@@ -48,15 +56,47 @@ def synthetic_paths(config: ml_collections.ConfigDict, workdir: str) -> dict[str
   return {k: os.fspath(v) for k, v in synthetic.ensure_written(cfg, data_dir).items()}
 
 
+def _paths(spec: str) -> list[str]:
+  """A comma-separated list of paths."""
+  return [p for p in (x.strip() for x in spec.split(",")) if p]
+
+
 def _eval_name(path: str) -> str:
   name = os.path.basename(path)
-  for suffix in (".jsonl", ".mentions"):
+  for suffix in (".jsonl", ".mentions", ".docs"):
     name = name[:-len(suffix)] if name.endswith(suffix) else name
   return name
 
 
-def load(config: ml_collections.ConfigDict, workdir: str) -> LinkingData:
-  """The data of `config.data`, validated against the catalogue."""
+def _check_titles(entities: Records[Entity], docs: list[Document]) -> None:
+  """Fails when the documents' entity ids do not name the same entities in the catalogue.
+
+  A built Zeshel catalogue is reused whatever zeshel_dir or skip_bad say now, while the
+  documents are read from zeshel_dir now; a different release or skip_bad would shift ids.
+  Reads one catalogue record per distinct gold entity.
+  """
+  titles = {s.label_id: s.label_title for doc in docs for s in doc.spans}
+  ids = sorted(titles)
+  pos = entities.positions_of(ids)
+  found = entities.take(pos[pos >= 0])
+  got = dict(zip(np.asarray(ids)[pos >= 0].tolist(), (e.title for e in found)))
+  bad = [i for i in ids if got.get(i) != titles[i]]
+  if bad:
+    i = bad[0]
+    raise jsonl.DataError(
+        f"{len(bad)} entity id(s) of the Zeshel documents disagree with the built catalogue "
+        f"(e.g. id {i}: {titles[i]!r} in the documents, {got.get(i)!r} in the catalogue); "
+        "delete the tfds build (data.tfds_dir/zeshel) to rebuild it from data.zeshel_dir.",
+        "catalogue_mismatch")
+
+
+def load(config: ml_collections.ConfigDict, workdir: str, *,
+         documents: bool = False) -> LinkingData:
+  """The data of `config.data`, validated against the catalogue.
+
+  `documents=True` also reads the linker's documents (the other stages do
+  not need them, and for Zeshel they cost a pass over the raw release).
+  """
   d = config.data
   skip = bool(d.get("skip_bad", False))
   if d.kind == "synthetic":
@@ -67,7 +107,12 @@ def load(config: ml_collections.ConfigDict, workdir: str) -> LinkingData:
         entities=entities,
         train=jsonl.open_mentions(paths["train_mentions"], catalogue_ids=ids, skip_bad=skip),
         evals={"test": jsonl.open_mentions(paths["test_mentions"], catalogue_ids=ids,
-                                           skip_bad=skip)})
+                                           skip_bad=skip)},
+        train_documents=(jsonl.read_documents(paths["train_documents"], catalogue_ids=ids,
+                                              skip_bad=skip) if documents else []),
+        eval_documents=({"test": jsonl.read_documents(paths["test_documents"],
+                                                      catalogue_ids=ids, skip_bad=skip)}
+                        if documents else {}))
   if d.kind == "jsonl":
     if not d.get("entities"):
       raise ValueError("data.kind='jsonl' needs --config.data.entities=PATH.")
@@ -76,8 +121,14 @@ def load(config: ml_collections.ConfigDict, workdir: str) -> LinkingData:
     train = (jsonl.open_mentions(d.train, catalogue_ids=ids, skip_bad=skip)
              if d.get("train") else Records.of([]))
     evals = {_eval_name(p): jsonl.open_mentions(p, catalogue_ids=ids, skip_bad=skip)
-             for p in filter(None, (x.strip() for x in d.get("eval", "").split(",")))}
-    return LinkingData(entities=entities, train=train, evals=evals)
+             for p in _paths(d.get("eval", ""))}
+    docs = lambda p: jsonl.read_documents(p, catalogue_ids=ids, skip_bad=skip)
+    return LinkingData(
+        entities=entities, train=train, evals=evals,
+        train_documents=(docs(d.train_documents)
+                         if documents and d.get("train_documents") else []),
+        eval_documents=({_eval_name(p): docs(p) for p in _paths(d.get("eval_documents", ""))}
+                        if documents else {}))
   if d.kind == "zeshel":
     from blink_jax.data import zeshel  # pylint: disable=g-import-not-at-top
     if not d.get("zeshel_dir"):
@@ -92,6 +143,16 @@ def load(config: ml_collections.ConfigDict, workdir: str) -> LinkingData:
     splits = {s: zeshel.load_zeshel(d.zeshel_dir, tfds_dir, s, skip_bad=skip)
               for s in ("train", "val", "test")}
     entities = Records.concat([splits[s][0] for s in ("train", "val", "test")])
-    return LinkingData(entities=entities, train=splits["train"][1],
-                       evals={"val": splits["val"][1], "test": splits["test"][1]})
+    # Documents for the end-to-end linker, read from the raw release on every process: a pass
+    # over all documents files to rebuild the entity ids, then the context documents of each
+    # split's mentions. At most one per mention (Zeshel: ~49k train, 10k val, 10k test
+    # mentions, fewer documents), a few KB of text each, so holding them in memory is fine.
+    out = LinkingData(entities=entities, train=splits["train"][1],
+                      evals={"val": splits["val"][1], "test": splits["test"][1]})
+    if documents:
+      docs = zeshel.read_documents(d.zeshel_dir, skip_bad=skip)
+      _check_titles(entities, [doc for split in docs.values() for doc in split])
+      out.train_documents = docs["train"]
+      out.eval_documents = {"val": docs["val"], "test": docs["test"]}
+    return out
   raise ValueError(f"Unknown data.kind {d.kind!r}: synthetic, jsonl or zeshel.")

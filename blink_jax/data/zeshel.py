@@ -17,7 +17,8 @@ that for uncased models).
 
 `convert` is the pure-Python core. `Zeshel` wraps it as a tensorflow-datasets builder writing
 array_record files, and `load_zeshel` builds it once into a data_dir and reads it back, all
-without TensorFlow.
+without TensorFlow. `read_documents` gives the end-to-end linker whole context documents with
+their mentions as character spans, under the same entity ids.
 """
 
 from __future__ import annotations
@@ -25,10 +26,11 @@ from __future__ import annotations
 import collections
 import dataclasses
 import functools
+import itertools
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Generic, TypeVar
 
@@ -38,8 +40,8 @@ import tensorflow_datasets as tfds
 
 # LineError and _field are jsonl's per-line error and field check: reusing them keeps messages
 # and skip reasons identical across every reader of the package.
-from blink_jax.data.jsonl import (DataError, Entity, LineError, Mention, PathLike, ReadStats,
-                                  _field, decode_line)
+from blink_jax.data.jsonl import (DataError, Document, Entity, LineError, Mention, PathLike,
+                                  ReadStats, Span, _field, decode_line)
 from blink_jax.data.records import Records
 
 log = logging.getLogger(__name__)
@@ -171,9 +173,27 @@ def _iter_entities(index: _Index, worlds: Iterable[str]) -> Iterator[Entity]:
         yield Entity(id=doc.id, title=doc.title, text=index.read_text(f, doc), world=world)
 
 
-def _iter_mentions(index: _Index, split: str, *, skip_bad: bool,
-                   stats: ReadStats) -> Iterator[Mention]:
-  """Streams mentions/{split}.json as BLINK mentions, validating each against its documents."""
+@dataclasses.dataclass(frozen=True)
+class _Link:
+  """One validated line of mentions/<split>.json: tokens[start:end + 1] of `context` name `label`.
+
+  Both mention records and documents are made from these, so that the two accept and reject
+  the same lines and give a mention the same entity id.
+  """
+
+  id: str
+  world: str
+  context_id: str      # The context document's document_id.
+  context: _Doc
+  label: _Doc
+  start: int           # Token index of the first mention token.
+  end: int             # Token index of the last mention token (inclusive, as in Zeshel).
+  tokens: list[str]    # The context document's text split on " " (shared; do not modify).
+
+
+def _iter_links(index: _Index, split: str, *, skip_bad: bool,
+                stats: ReadStats) -> Iterator[_Link]:
+  """Streams mentions/{split}.json, validating each line against its documents."""
   path = index.raw_dir / "mentions" / f"{split}.json"
   split_worlds = WORLDS[split]
   files: dict[str, BinaryIO] = {}
@@ -185,7 +205,7 @@ def _iter_mentions(index: _Index, split: str, *, skip_bad: bool,
       files[world] = open(index.path(world), "rb")
     return index.read_text(files[world], doc).split(" ")
 
-  def parse(obj: dict, _: int) -> Mention:
+  def parse(obj: dict, _: int) -> _Link:
     mention_id = _field(obj, "mention_id", str)
     context_id = _field(obj, "context_document_id", str)
     label_id = _field(obj, "label_document_id", str)
@@ -216,22 +236,57 @@ def _iter_mentions(index: _Index, split: str, *, skip_bad: bool,
     if mention.lower() != surface.lower():
       raise LineError(f"mention text {surface!r} does not match tokens[{start}:{end + 1}] = "
                        f"{mention!r}", "mention_mismatch")
-    return Mention(
-        context_left=" ".join(toks[max(0, start - CONTEXT_TOKENS):start]),
-        mention=mention,
-        context_right=" ".join(toks[end + 1:end + 1 + CONTEXT_TOKENS]),
-        label_id=label.id, world=world, id=mention_id, label_title=label.title)
+    # Only reachable through empty tokens (double spaces); a blank span is no mention and
+    # would be an empty character span in a document.
+    if not mention.strip():
+      raise LineError(f"tokens[{start}:{end + 1}] cover no text", "bad_span")
+    return _Link(mention_id, world, context_id, context, label, start, end, toks)
 
   n = 0
   try:
-    for mention in _read_json_lines(path, parse, skip_bad=skip_bad, stats=stats):
+    for link in _read_json_lines(path, parse, skip_bad=skip_bad, stats=stats):
       n += 1
-      yield mention
+      yield link
   finally:
     for f in files.values():
       f.close()
   if not n:
     raise DataError(f"{path}: no valid mentions", "empty")
+
+
+def _iter_mentions(index: _Index, split: str, *, skip_bad: bool,
+                   stats: ReadStats) -> Iterator[Mention]:
+  """Streams mentions/{split}.json as BLINK mentions (contexts cut to CONTEXT_TOKENS a side)."""
+  for link in _iter_links(index, split, skip_bad=skip_bad, stats=stats):
+    toks, start, end = link.tokens, link.start, link.end
+    yield Mention(
+        context_left=" ".join(toks[max(0, start - CONTEXT_TOKENS):start]),
+        mention=" ".join(toks[start:end + 1]),
+        context_right=" ".join(toks[end + 1:end + 1 + CONTEXT_TOKENS]),
+        label_id=link.label.id, world=link.world, id=link.id, label_title=link.label.title)
+
+
+def _documents(index: _Index, split: str, *, skip_bad: bool,
+               stats: ReadStats) -> list[Document]:
+  """The context documents of `split`'s mentions, each with its mentions as character spans.
+
+  Documents come in order of first appearance in the mentions file, spans in text order.
+  """
+  # context entity id -> (document_id, world, text, token starts, spans); dicts keep order.
+  found: dict[int, tuple[str, str, str, list[int], list[Span]]] = {}
+  for link in _iter_links(index, split, skip_bad=skip_bad, stats=stats):
+    if link.context.id not in found:
+      # The text is its tokens joined by single spaces (split(" ") round trips exactly), so
+      # each token starts one character after the previous one ends.
+      starts = list(itertools.accumulate((len(t) + 1 for t in link.tokens[:-1]), initial=0))
+      found[link.context.id] = (link.context_id, link.world, " ".join(link.tokens), starts, [])
+    _, _, text, starts, spans = found[link.context.id]
+    start, end = starts[link.start], starts[link.end] + len(link.tokens[link.end])
+    spans.append(Span(start=start, end=end, label_id=link.label.id,
+                      label_title=link.label.title, mention=text[start:end]))
+  return [Document(id=doc_id, text=text, world=world,
+                   spans=tuple(sorted(spans, key=lambda s: (s.start, s.end))))
+          for doc_id, world, text, _, spans in found.values()]
 
 
 class _Replayable(Generic[T]):
@@ -242,6 +297,14 @@ class _Replayable(Generic[T]):
 
   def __iter__(self) -> Iterator[T]:
     return self._make()
+
+
+def _check_mention_files(raw_dir: Path, splits: Iterable[str]) -> None:
+  """Fails before the long documents pass, not after it, when a mentions file is missing."""
+  for split in splits:
+    path = raw_dir / "mentions" / f"{split}.json"
+    if not path.is_file():
+      raise FileNotFoundError(f"{path}: no such file; see Zeshel.MANUAL_DOWNLOAD_INSTRUCTIONS")
 
 
 def convert(raw_dir: PathLike, *, skip_bad: bool = False,
@@ -256,10 +319,7 @@ def convert(raw_dir: PathLike, *, skip_bad: bool = False,
   """
   raw_dir = Path(raw_dir)
   stats = stats if stats is not None else ReadStats()
-  for split in SPLITS:
-    path = raw_dir / "mentions" / f"{split}.json"
-    if not path.is_file():
-      raise FileNotFoundError(f"{path}: no such file; see Zeshel.MANUAL_DOWNLOAD_INSTRUCTIONS")
+  _check_mention_files(raw_dir, SPLITS)
   index = _index_documents(raw_dir, skip_bad=skip_bad, stats=stats)
   return {
       "entities": {s: _Replayable(functools.partial(_iter_entities, index, WORLDS[s]))
@@ -410,3 +470,24 @@ def load_zeshel(raw_dir: PathLike, data_dir: PathLike, split: str, *, skip_bad: 
   prepare_zeshel(raw_dir, data_dir, skip_bad=skip_bad, stats=stats)
   return (_records(data_dir, "entities", split, _entity, "id"),
           _records(data_dir, "mentions", split, _mention, "label_id"))
+
+
+def read_documents(raw_dir: PathLike, splits: Sequence[str] = SPLITS, *, skip_bad: bool = False,
+                   stats: ReadStats | None = None) -> dict[str, list[Document]]:
+  """Each split's context documents with their gold mentions, for the end-to-end linker.
+
+  Every document that has a mention in mentions/{split}.json becomes one `Document`: its
+  text as released, its mentions as character spans (end exclusive) labelled with the same
+  global entity ids as `convert`'s records, and its world. Lines are validated exactly as
+  `convert` validates them, so with skip_bad both drop the same mentions. Reads every
+  documents file once to rebuild the entity ids (see `_index_documents`), then each split's
+  mentions; the documents are returned in memory.
+  """
+  unknown = [s for s in splits if s not in WORLDS]
+  if unknown:
+    raise ValueError(f"splits must be among {', '.join(SPLITS)}, got {unknown}")
+  raw_dir = Path(raw_dir)
+  stats = stats if stats is not None else ReadStats()
+  _check_mention_files(raw_dir, splits)
+  index = _index_documents(raw_dir, skip_bad=skip_bad, stats=stats)
+  return {s: _documents(index, s, skip_bad=skip_bad, stats=stats) for s in splits}

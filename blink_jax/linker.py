@@ -1,0 +1,397 @@
+"""The end-to-end linker: text in, linked entity spans out.
+
+  linker = Linker.load(workdir)                  # after --config.mode=train_linker
+  linker.link(["Defo bore the emblem of a gold hammer."])
+  -> [[{"start": 0, "end": 4, "mention": "Defo", "entity_id": 17, "title": "Defo",
+        "score": 3.1, "nil": False}]]
+  linker.disambiguate([{"context_left": "", "mention": "Defo",
+                        "context_right": " bore the emblem ..."}])
+
+Three steps per batch of texts:
+  1. Mention detection: each text's word-piece windows through the context
+     tower and its span head (`models/mention_detection.py`); spans whose
+     logit passes the calibrated mention threshold, overlaps resolved greedily
+     by logit (`data/documents.py`).
+  2. Retrieval: each span as a BLINK mention ([CLS] left [unused0] mention
+     [unused1] right [SEP]) through the context tower, top k from the index.
+  3. Fast mode takes the bi-encoder's best; full mode re-ranks the top
+     `cross.k` with the cross-encoder.
+`score` is the best candidate's softmax probability among the mode's
+candidates; a span scoring below its mode's calibrated NIL threshold comes
+back with `nil: True` (and the best candidate, for inspection).
+
+Every model function is compiled once per Linker and fed fixed-size batches,
+so a stream of calls (the CLI) does not recompile.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from blink_jax import evaluate
+from blink_jax import index as index_lib
+from blink_jax import sharding
+from blink_jax import tokenization
+from blink_jax.data import documents
+from blink_jax.data import jsonl
+from blink_jax.data import pipeline
+from blink_jax.data.jsonl import Entity, Mention
+from blink_jax.data.records import Records
+from blink_jax.models import bert_checkpoint
+
+MODES = ("fast", "full")
+STAGE = "linker"
+CALIBRATION = "calibration.json"
+CONFIG = "config.json"
+# Characters of context kept on each side of a span before tokenizing: far
+# more than max_context_len word pieces need, and it keeps a long document
+# from being tokenized once per mention.
+_CONTEXT_CHARS_PER_PIECE = 12
+
+
+def stage_dir(workdir: str) -> str:
+  return os.path.join(workdir, STAGE)
+
+
+def mention_of(text: str, start: int, end: int, max_pieces: int) -> Mention:
+  """The BLINK mention of text[start:end], its context trimmed to what can be used."""
+  reach = max_pieces * _CONTEXT_CHARS_PER_PIECE
+  return Mention(context_left=text[max(0, start - reach):start], mention=text[start:end],
+                 context_right=text[end:end + reach], label_id=jsonl.NIL_ID)
+
+
+def _as_mention(m: Any) -> Mention:
+  if isinstance(m, Mention):
+    return m
+  if isinstance(m, dict):
+    try:
+      return Mention(context_left=m.get("context_left", ""), mention=m["mention"],
+                     context_right=m.get("context_right", ""),
+                     label_id=m.get("label_id", jsonl.NIL_ID), world=m.get("world"))
+    except KeyError:
+      raise ValueError(f"A mention needs at least a 'mention' key, got {sorted(m)}.") from None
+  raise TypeError(f"Expected a Mention or a dict, got {type(m).__name__}.")
+
+
+class Linker:
+  """A trained linker: mention detector, bi-encoder, index, optional cross-encoder."""
+
+  def __init__(self, config: ml_collections.ConfigDict, tok: tokenization.Tokenizer,
+               model, index: index_lib.Index, entities: Records[Entity], *,
+               cross=None, calibration: dict | None = None, mode: str = "fast",
+               mesh=None, workdir: str | None = None):
+    if mode not in MODES:
+      raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+    self.config, self.tok, self.model, self.index = config, tok, model, index
+    self.entities, self.cross, self.mode = entities, cross, mode
+    self.mesh = mesh or sharding.make_mesh(config.get("mesh"))
+    cal = calibration or {}
+    lc = config.linker
+    self.mention_threshold = float(cal.get("mention_threshold", 0.0))
+    # JSON has no -inf: a stored null means "never NIL".
+    stored = cal.get("nil_threshold") or {}
+    self.nil_threshold = {m: -np.inf if stored.get(m) is None else float(stored[m])
+                          for m in MODES}
+    for m, t in (lc.get("nil_threshold") or {}).items():  # Config overrides.
+      if t is not None:
+        self.nil_threshold[m] = float(t)
+    if lc.get("mention_threshold") is not None:
+      self.mention_threshold = float(lc.mention_threshold)
+    # Seconds spent per phase (bench/link.py reads them); a phase timed inside
+    # another is subtracted from it, so the phases add up to the total.
+    self.timings: collections.Counter = collections.Counter()
+    self._detect = evaluate.tower_fn(model, self.mesh)
+    self._embed = evaluate.tower_fn(model.context_encoder, self.mesh)
+    self._score = (evaluate.tower_fn(cross, self.mesh) if cross is not None else None)
+    self._workdir = workdir  # Where to find the cross-encoder on demand.
+    if mode == "full":
+      self._cross_scorer()  # Fail now, not on the first text.
+
+  # ------------------------------------------------------------------- load
+  @classmethod
+  def load(cls, workdir: str, *, mode: str = "fast", entities: str | None = None,
+           overrides: dict | None = None, mesh=None) -> "Linker":
+    """The linker trained in WORKDIR (config, checkpoint, index, calibration).
+
+    `entities`: a catalogue jsonl to link against instead of the training
+    catalogue; it is encoded once with the linker's entity tower and the index
+    cached in WORKDIR/linker/index-<digest>. `overrides` update the stored
+    config (e.g. {"linker": {"nil_threshold": {"fast": 2.0}}}).
+    """
+    from blink_jax import train_crossencoder  # pylint: disable=g-import-not-at-top
+    from blink_jax import train_linker  # pylint: disable=g-import-not-at-top
+    path = os.path.join(stage_dir(workdir), CONFIG)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f"No linker in {workdir} ({path} is missing): run "
+                              "--config.mode=train_linker first.")
+    with open(path, encoding="utf-8") as f:
+      config = ml_collections.ConfigDict(json.load(f))
+    if overrides:
+      config.update_from_flattened_dict(_flatten(overrides))
+    mesh = mesh or sharding.make_mesh(config.get("mesh"))
+    model, step = train_linker.load_trained(config, workdir, mesh)
+    tok = tokenization.Tokenizer.from_pretrained(bert_checkpoint.resolve(config.tokenizer))
+    if entities:
+      catalogue = jsonl.open_entities(entities, skip_bad=bool(config.data.get("skip_bad")))
+      index = index_for(config, workdir, model, step, tok, entities, catalogue, mesh)
+    else:
+      catalogue = train_linker.catalogue(config, workdir)
+      index = index_lib.Index.load(
+          os.path.join(stage_dir(workdir), "index"), mesh=mesh,
+          expect_model=index_lib.model_id(step, train_linker.fingerprint(config)))
+    cross = None
+    if mode == "full":
+      cross, _ = train_crossencoder.load_trained(config, workdir, mesh)
+    calibration = {}
+    cal_path = os.path.join(stage_dir(workdir), CALIBRATION)
+    if os.path.exists(cal_path):
+      with open(cal_path, encoding="utf-8") as f:
+        calibration = json.load(f)
+    return cls(config, tok, model, index, catalogue, cross=cross, calibration=calibration,
+               mode=mode, mesh=mesh, workdir=workdir)
+
+  def _cross_scorer(self):
+    """The compiled cross-encoder; loaded from the workdir on first use."""
+    if self._score is None and self._workdir is not None:
+      from blink_jax import train_crossencoder  # pylint: disable=g-import-not-at-top
+      try:
+        self.cross, _ = train_crossencoder.load_trained(self.config, self._workdir, self.mesh)
+      except FileNotFoundError:
+        pass
+      else:
+        self._score = evaluate.tower_fn(self.cross, self.mesh)
+    if self._score is None:
+      raise ValueError("Full mode needs a trained cross-encoder "
+                       "(--config.mode=train_crossencoder).")
+    return self._score
+
+  @contextlib.contextmanager
+  def _timed(self, phase: str):
+    t = time.perf_counter()
+    try:
+      yield
+    finally:
+      self.timings[phase] += time.perf_counter() - t
+
+  def _timer(self, phase: str, *, inside: str):
+    """Decorator: time `fn` as `phase`, and take that time out of `inside`."""
+    def wrap(fn):
+      @functools.wraps(fn)
+      def timed(*args, **kwargs):
+        t = time.perf_counter()
+        try:
+          return fn(*args, **kwargs)
+        finally:
+          dt = time.perf_counter() - t
+          self.timings[phase] += dt
+          self.timings[inside] -= dt
+      return timed
+    return wrap
+
+  # ------------------------------------------------------------ mentions
+  def detect(self, texts: Sequence[str], *, threshold: float | None = None,
+             windows: documents.Windows | None = None) -> list[list[tuple[int, int, float]]]:
+    """Non-overlapping (start, end, logit) spans of each text."""
+    lc = self.config.linker
+    if windows is None:
+      with self._timed("tokenization"):
+        windows = documents.make_windows(self.tok, texts, max_len=lc.max_len,
+                                         max_width=lc.max_width)
+    logits = self.span_logits(windows)
+    thr = self.mention_threshold if threshold is None else threshold
+    return documents.decode_spans(windows, logits, thr, len(texts))
+
+  def span_logits(self, windows: documents.Windows) -> np.ndarray:
+    """[N, T, W] span logits of some windows."""
+    if not len(windows):
+      return np.zeros(windows.valid.shape, np.float32)
+    with self._timed("encoding"):
+      return evaluate.encode(self._detect, lambda rows: _Rows(windows.tokens, rows),
+                             len(windows), batch_size=self.config.linker.batch_size,
+                             mesh=self.mesh, desc="mentions")
+
+  # ------------------------------------------------------------- linking
+  def candidates(self, mentions: Sequence[Mention], k: int,
+                 worlds: Sequence[str | None] | None = None):
+    """(scores [N, k], entity ids [N, k]) of the bi-encoder."""
+    ms = Records.of(list(mentions))
+    max_len = self.config.data.max_context_len
+
+    @self._timer("tokenization", inside="encoding")
+    def tokenize(rows):
+      sel = ms.take(rows)
+      return self.tok.encode_mentions([m.context_left for m in sel], [m.mention for m in sel],
+                                      [m.context_right for m in sel], max_len)
+
+    with self._timed("encoding"):
+      q = evaluate.encode(self._embed, tokenize, len(ms),
+                          batch_size=self.config.eval.batch_size, mesh=self.mesh,
+                          desc="retrieval")
+    with self._timed("search"):
+      return self.index.search(q, k, worlds)
+
+  def rerank(self, mentions: Sequence[Mention], cand_ids: np.ndarray) -> np.ndarray:
+    """Cross-encoder scores [N, K] of each mention's candidates (-inf on padding)."""
+    from blink_jax import train_crossencoder  # pylint: disable=g-import-not-at-top
+    cc = self.config.cross
+    builder = pipeline.PairBuilder(self.tok, self.entities, Records.of(list(mentions)),
+                                   cand_ids, max_context_len=cc.max_context_len,
+                                   max_entity_len=cc.max_entity_len)
+    builder.pairs = self._timer("tokenization", inside="re-ranking")(builder.pairs)
+    with self._timed("re-ranking"):
+      return train_crossencoder.score_candidates(self._cross_scorer(), builder,
+                                                 batch_size=cc.eval_batch_size,
+                                                 mesh=self.mesh, desc="re-ranking")
+
+  def scored(self, mentions: Sequence[Mention], worlds=None, mode: str | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(entity ids [N, K], scores [N, K]) of each mention's candidates, best first.
+
+    Fast mode: the bi-encoder's top `linker.k`; full mode: its top `cross.k`
+    re-ranked by the cross-encoder.
+    """
+    mode = mode or self.mode
+    k = int(self.config.cross.k if mode == "full" else self.config.linker.k)
+    if not len(mentions):
+      return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+    scores, ids = self.candidates(mentions, k, worlds)
+    if mode == "full":
+      scores = self.rerank(mentions, ids)
+      order = np.argsort(-scores, 1, kind="stable")
+      scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+    return ids, scores
+
+  def _results(self, mentions, ids, scores, mode, spans=None) -> list[dict]:
+    conf = confidence(scores)
+    top = ids[:, 0] if len(ids) else np.zeros(0, np.int64)
+    titles = self.index.title_of(top)
+    thr = self.nil_threshold[mode]
+    out = []
+    for i, m in enumerate(mentions):
+      r = {} if spans is None else {"start": spans[i][0], "end": spans[i][1]}
+      r.update(mention=m.mention, entity_id=int(top[i]), title=titles[i],
+               score=float(conf[i]), nil=bool(conf[i] < thr or top[i] < 0))
+      out.append(r)
+    return out
+
+  def disambiguate(self, mentions: Sequence[Any], *, mode: str | None = None) -> list[dict]:
+    """Links spans the caller already has: Mentions or dicts with context_left,
+    mention, context_right (and optionally world)."""
+    ms = [_as_mention(m) for m in mentions]
+    worlds = [m.world for m in ms]
+    worlds = None if set(worlds) <= {None} else worlds
+    mode = mode or self.mode
+    ids, scores = self.scored(ms, worlds, mode)
+    return self._results(ms, ids, scores, mode)
+
+  def link(self, texts: Sequence[str], *, worlds: Sequence[str | None] | None = None,
+           mode: str | None = None) -> list[list[dict]]:
+    """Detected and linked spans of each text; offsets index the original text."""
+    mode = mode or self.mode
+    spans = self.detect(texts)
+    flat, where = [], []
+    max_len = self.config.data.max_context_len
+    for t, text_spans in enumerate(spans):
+      for s, e, _ in text_spans:
+        flat.append(mention_of(texts[t], s, e, max_len))
+        where.append((t, s, e))
+    span_worlds = None if worlds is None else [worlds[t] for t, _, _ in where]
+    ids, scores = self.scored(flat, span_worlds, mode)
+    results = self._results(flat, ids, scores, mode, spans=[w[1:] for w in where])
+    out: list[list[dict]] = [[] for _ in texts]
+    for (t, _, _), r in zip(where, results):
+      out[t].append(r)
+    return out
+
+  def render(self, text: str, *, html: bool = False, mode: str | None = None) -> str:
+    """One text, linked and marked up (see `render`)."""
+    return render(text, self.link([text], mode=mode)[0], html=html)
+
+
+def render(text: str, spans: Sequence[dict], *, html: bool = False) -> str:
+  """`text` with each linked span marked: [mention -> title] (or NIL), or as HTML
+  with highlighted spans (a notebook shows it with IPython.display.HTML)."""
+  import html as html_lib  # pylint: disable=g-import-not-at-top
+  esc = html_lib.escape if html else (lambda x: x)
+  out, pos = [], 0
+  for r in sorted(spans, key=lambda r: r["start"]):
+    out.append(esc(text[pos:r["start"]]))
+    target = "NIL" if r["nil"] else r["title"]
+    mention = text[r["start"]:r["end"]]
+    if html:
+      colour = "#eee" if r["nil"] else "#ffe08a"
+      out.append(f'<mark style="background:{colour}" title="{esc(str(target))} '
+                 f'({r["score"]:.2f})">{esc(mention)}<sub>{esc(str(target))}</sub></mark>')
+    else:
+      out.append(f"[{mention} -> {target}]")
+    pos = r["end"]
+  out.append(esc(text[pos:]))
+  return "".join(out)
+
+
+def confidence(scores: np.ndarray) -> np.ndarray:
+  """[N] softmax probability of each row's first (best) candidate among its K.
+
+  The NIL decision reads this rather than the raw score: raw dot products
+  shift from world to world (higher on worlds the model trained on), while a
+  probability relative to the other candidates transfers better.
+  """
+  if not len(scores):
+    return np.zeros(0, np.float32)
+  s = np.where(np.isfinite(scores), scores, -np.inf).astype(np.float64)
+  z = s - s[:, :1]
+  return (1.0 / np.exp(z).sum(1)).astype(np.float32)
+
+
+class _Rows:
+  """Rows of a TokenBatch, shaped like one (what evaluate.encode reads)."""
+
+  def __init__(self, tokens: tokenization.TokenBatch, rows: np.ndarray):
+    self.ids, self.mask = tokens.ids[rows], tokens.mask[rows]
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[prefix + k] = v
+  return out
+
+
+def index_for(config, workdir: str, model, step: int, tok: tokenization.Tokenizer,
+              path: str, catalogue: Records[Entity], mesh) -> index_lib.Index:
+  """An index of the catalogue at `path` by the linker's entity tower, cached.
+
+  The cache is keyed to the file (path, size, mtime) and the linker's config;
+  a changed file or model is encoded again.
+  """
+  from blink_jax import train_linker  # pylint: disable=g-import-not-at-top
+  st = os.stat(path)
+  digest = hashlib.sha256(json.dumps(
+      [os.path.abspath(path), st.st_size, st.st_mtime_ns, train_linker.fingerprint(config)],
+      sort_keys=True, default=str).encode()).hexdigest()[:16]
+  directory = os.path.join(stage_dir(workdir), f"index-{digest}")
+  try:
+    return index_lib.Index.load(directory, mesh=mesh, expect_model=index_lib.model_id(
+        step, train_linker.fingerprint(config)))
+  except (FileNotFoundError, index_lib.IndexLoadError):
+    pass
+  logging.info("Encoding %d entities of %s for the linker's index.", len(catalogue), path)
+  emb = evaluate.embed_entities(model, tok, catalogue, config, mesh)
+  index = train_linker.build_index(config, catalogue, emb, mesh, step)
+  index.save(directory)
+  return index

@@ -1,0 +1,272 @@
+"""The end-to-end linker: span scores, windows, decoding, NIL, training, API and CLI."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from blink_jax import linker as linker_lib
+from blink_jax import tokenization
+from blink_jax import train_linker
+from blink_jax.data import documents
+from blink_jax.data import jsonl
+from blink_jax.data import sources
+from blink_jax.data.jsonl import Document
+from blink_jax.models import mention_detection
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# --------------------------------------------------------------- span scores
+def test_span_logits_equal_a_loop_over_spans():
+  tok_logits = np.random.default_rng(0).normal(size=(2, 7, 3)).astype(np.float32)
+  got = np.asarray(mention_detection.span_logits(jnp.asarray(tok_logits), 3))
+  for b in range(2):
+    for i in range(7):
+      for w in range(3):
+        if i + w >= 7:
+          continue
+        want = (tok_logits[b, i, 0] + tok_logits[b, i + w, 1]
+                + tok_logits[b, i:i + w + 1, 2].sum())
+        np.testing.assert_allclose(got[b, i, w], want, rtol=1e-5, atol=1e-5)
+
+
+def test_span_loss_balances_gold_and_other_spans_by_hand():
+  logits = jnp.array([[[0.0, 2.0], [-1.0, 5.0]]])
+  gold = jnp.array([[[True, False], [False, False]]])
+  valid = jnp.array([[[True, True], [True, False]]])  # (1, 1) is no candidate.
+  loss, m = mention_detection.span_loss(logits, gold, valid)
+  softplus = lambda x: np.log1p(np.exp(x))
+  # Gold: one span at logit 0 -> softplus(-0). Others: logits 2 and -1.
+  want = 0.5 * softplus(0.0) + 0.5 * (softplus(2.0) + softplus(-1.0)) / 2
+  np.testing.assert_allclose(float(loss), want, rtol=1e-6)
+  # At logit > 0 only (0, 1) is predicted: precision 0 of 1, recall 0 of 1.
+  assert float(m["mention_precision"]) == 0.0 and float(m["mention_recall"]) == 0.0
+
+
+# ------------------------------------------------------------------ windows
+VOCAB = ["[PAD]", "[unused0]", "[unused1]", "[unused2]", "[UNK]", "[CLS]", "[SEP]",
+         "the", "big", "##gest", "cat", "sat", "on", "mat", "paris", "."]
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+  d = tmp_path_factory.mktemp("vocab")
+  (d / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
+  return tokenization.Tokenizer.from_pretrained(d)
+
+
+def test_windows_spans_on_word_boundaries_with_gold(tok):
+  text = "the biggest cat sat on paris."
+  # Pieces: the(0) big(1) ##gest(2) cat(3) sat(4) on(5) paris(6) .(7)
+  # Gold: "biggest cat" = chars 4..15 -> pieces 1..3; "paris" = 23..28 -> piece 6.
+  w = documents.make_windows(tok, [text], max_len=12, max_width=3,
+                             spans=[[(4, 15), (23, 28)]])
+  assert len(w) == 1 and w.unreachable == 0
+  # Window token t is piece t - 1 ([CLS] first).
+  assert w.tokens.ids[0, :10].tolist() == [5, 7, 8, 9, 10, 11, 12, 14, 15, 6]
+  valid = {(i - 1, i - 1 + wd) for i, wd in zip(*np.nonzero(w.valid[0]))}
+  # "##gest" can neither start a span nor follow its end: no span starts at piece 2
+  # or ends at piece 1.
+  assert not any(s == 2 or e == 1 for s, e in valid)
+  assert (0, 0) in valid and (1, 2) in valid and (1, 3) in valid and (5, 7) in valid
+  assert (0, 3) not in valid  # 4 pieces > max_width 3.
+  gold = {(i - 1, i - 1 + wd) for i, wd in zip(*np.nonzero(w.gold[0]))}
+  assert gold == {(1, 3), (6, 6)}
+
+
+def test_long_text_windows_overlap_and_count_unreachable(tok):
+  text = " ".join(["the cat sat on the mat ."] * 6)  # 42 pieces.
+  # A gold span of 5 words (wider than max_width 4) cannot be matched.
+  w = documents.make_windows(tok, [text], max_len=12, max_width=4,
+                             spans=[[(0, 3), (4, 21)]])
+  assert w.unreachable == 1
+  # Body 10 pieces, stride 5: windows start at pieces 0, 5, ..., 35; the last,
+  # 35..41, is short. Consecutive windows overlap by half.
+  first_piece = [int(w.tokens.ids[n, 1]) for n in range(len(w))]
+  assert len(w) == 8
+  assert w.tokens.mask.sum(1).tolist() == [12] * 7 + [9]
+  assert first_piece == [tok.pieces([text])[0][0][s] for s in range(0, 40, 5)]
+
+
+def test_decode_keeps_the_best_of_overlapping_spans(tok):
+  text = "the cat sat on the mat."
+  w = documents.make_windows(tok, [text, "paris"], max_len=16, max_width=3)
+  logits = np.full(w.valid.shape, -9.0, np.float32)
+  logits[0, 2, 0] = 3.0   # "cat"
+  logits[0, 2, 1] = 4.0   # "cat sat": overlaps "cat", scores higher -> kept.
+  logits[0, 6, 0] = 1.0   # "mat"
+  logits[0, 5, 1] = 0.5   # "the mat": overlaps "mat", lower -> dropped.
+  logits[1, 1, 0] = 2.0   # second text: "paris"
+  out = documents.decode_spans(w, logits, 0.0, 2)
+  assert [(s, e) for s, e, _ in out[0]] == [(4, 11), (19, 22)]
+  assert [text[s:e] for s, e, _ in out[0]] == ["cat sat", "mat"]
+  assert [(s, e) for s, e, _ in out[1]] == [(0, 5)]
+  assert documents.decode_spans(w, logits, 3.5, 2)[0] == [(4, 11, 4.0)]
+
+
+# ---------------------------------------------------------------------- NIL
+def test_confidence_is_the_softmax_of_the_best():
+  s = np.array([[2.0, 0.0, -np.inf], [1.0, 1.0, 1.0]])
+  np.testing.assert_allclose(linker_lib.confidence(s),
+                             [1 / (1 + np.exp(-2.0)), 1 / 3], rtol=1e-6)
+
+
+def test_nil_threshold_by_hand():
+  # Correct links at 0.9, 0.8 (and a wrong one at 0.95); gold-removed at 0.5, 0.85, 0.3.
+  s_in = np.array([0.9, 0.8, 0.95])
+  correct = np.array([True, True, False])
+  s_out = np.array([0.5, 0.85, 0.3])
+  # Prior 0.5: t = 0.8 keeps 2/3 links and rejects 2/3 -> 0.5*2/3 + 0.5*2/3 = 0.667;
+  # t = 0.9 keeps 1/3, rejects 3/3 -> 0.667 too; the first (lowest) wins.
+  assert train_linker._nil_threshold(s_in, correct, s_out, 0.5) == 0.8
+  # Prior 0.1: keeping links matters more; t = 0.8 scores 0.9*2/3 + 0.1*2/3 = 0.667,
+  # t = -inf 0.9*2/3 + 0 = 0.6, t = 0.3 0.6 too, t = 0.5: 0.6 + 0.1/3 = 0.633.
+  assert train_linker._nil_threshold(s_in, correct, s_out, 0.1) == 0.8
+  # Prior 0: never NIL.
+  assert train_linker._nil_threshold(s_in, correct, s_out, 0.0) == -np.inf
+
+
+def test_split_documents_holds_out_a_fraction():
+  docs = [Document(id=i, text="x", spans=()) for i in range(20)]
+  train, held = train_linker.split_documents(docs, 0.1, seed=0)
+  assert len(held) == 2 and len(train) == 18
+  assert {d.id for d in train} | {d.id for d in held} == set(range(20))
+  assert train_linker.split_documents(docs[:1], 0.1, 0) == (docs[:1], [])
+
+
+def test_render_marks_linked_and_nil_spans():
+  text = "Tom met <Ann>."
+  spans = [{"start": 0, "end": 3, "title": "Tom Thumb", "nil": False, "score": 0.9},
+           {"start": 8, "end": 13, "title": "Ann", "nil": True, "score": 0.1}]
+  assert linker_lib.render(text, spans) == "[Tom -> Tom Thumb] met [<Ann> -> NIL]."
+  html = linker_lib.render(text, spans, html=True)
+  assert html.count("<mark") == 2 and "&lt;Ann&gt;" in html
+
+
+# ------------------------------------------------------- trained, end to end
+@pytest.fixture(scope="module")
+def linked(chain):
+  config, workdir, _, _ = chain
+  return config, workdir, train_linker.train_and_evaluate(config, workdir)
+
+
+def test_linker_stage_writes_reports_and_calibration(linked):
+  config, workdir, out = linked
+  with open(os.path.join(workdir, "metrics.json")) as f:
+    saved = json.load(f)
+  for mode in ("fast", "full"):  # The chain has a cross-encoder: both modes.
+    report = saved[f"test/linker {mode}"]
+    for fam in ("mention_detection", "linking"):
+      for match in ("strong", "weak"):
+        for key in ("precision", "recall", "f1"):
+          assert 0.0 <= report[f"{fam}/{match}/{key}"] <= 1.0
+    assert report["documents"] == len(sources.load(config, workdir, documents=True).eval_documents["test"])
+  with open(os.path.join(workdir, "linker", "calibration.json")) as f:
+    cal = json.load(f)
+  assert set(cal["nil_threshold"]) == {"fast", "full"}
+  assert cal["heldout_documents"] >= 1
+  assert saved["linker/train_spans"]["linking_examples"] > 0
+
+
+def test_loaded_linker_links_text_with_true_offsets(linked):
+  config, workdir, out = linked
+  linker = linker_lib.Linker.load(workdir, overrides={"linker.mention_threshold": -1e9})
+  text = "Later that year, somebody travelled far.\nA second line."
+  (spans,) = linker.link([text])
+  assert spans, "with the threshold at -inf every text has spans"
+  for r in spans:
+    assert text[r["start"]:r["end"]] == r["mention"]
+    assert set(r) == {"start", "end", "mention", "entity_id", "title", "score", "nil"}
+    assert r["entity_id"] in set(linker.index.ids.tolist())
+  ends = sorted((r["start"], r["end"]) for r in spans)
+  assert all(e0 <= s1 for (_, e0), (s1, _) in zip(ends, ends[1:]))  # No overlaps.
+  # The same spans, disambiguated directly, get the same entities and scores.
+  again = linker.disambiguate([linker_lib.mention_of(text, r["start"], r["end"], 64)
+                               for r in spans])
+  assert [a["entity_id"] for a in again] == [r["entity_id"] for r in spans]
+  np.testing.assert_allclose([a["score"] for a in again], [r["score"] for r in spans],
+                             rtol=1e-5)
+  # The calibrated NIL threshold can be overridden: above every confidence, all NIL.
+  strict = linker_lib.Linker.load(workdir, overrides={"linker.mention_threshold": -1e9,
+                                                      "linker.nil_threshold.fast": 1.01})
+  assert all(r["nil"] for r in strict.link([text])[0])
+  assert linker.timings["encoding"] > 0 and linker.timings["search"] > 0
+
+
+def test_full_mode_reranks_with_the_cross_encoder(linked):
+  _, workdir, _ = linked
+  fast = linker_lib.Linker.load(workdir)
+  full = linker_lib.Linker.load(workdir, mode="full")
+  ms = [{"context_left": "It was said that ", "mention": "Gegwe",
+         "context_right": " had always been faithful."}]
+  a, b = fast.disambiguate(ms)[0], full.disambiguate(ms)[0]
+  assert a["mention"] == b["mention"] == "Gegwe"
+  assert full.timings["re-ranking"] > 0 and "re-ranking" not in fast.timings
+  # A fast linker loads the cross-encoder when asked for full mode once.
+  assert fast.disambiguate(ms, mode="full") == [b]
+  with pytest.raises(ValueError, match="Full mode"):
+    linker_lib.Linker(fast.config, fast.tok, fast.model, fast.index, fast.entities,
+                      mode="full")
+  # calibration.json stores "never NIL" (-inf) as null.
+  never = linker_lib.Linker(fast.config, fast.tok, fast.model, fast.index, fast.entities,
+                            calibration={"nil_threshold": {"fast": None, "full": 0.5}})
+  assert never.nil_threshold == {"fast": -np.inf, "full": 0.5}
+
+
+def test_missing_linker_is_a_clear_error(tmp_path):
+  with pytest.raises(FileNotFoundError, match="train_linker"):
+    linker_lib.Linker.load(str(tmp_path))
+
+
+def test_cli_links_a_jsonl_and_skips_bad_lines(linked, tmp_path):
+  config, workdir, _ = linked
+  docs_path = os.path.join(workdir, "data", "test.docs.jsonl")
+  with open(docs_path, "rb") as f:
+    good = f.read().splitlines()[:3]
+  src = tmp_path / "in.jsonl"
+  src.write_bytes(good[0] + b"\n" + b"not json\n" + good[1] + b"\n" + b"\xff\xfe\n"
+                  + b'{"id": 7}\n' + good[2] + b"\n")
+  dst = tmp_path / "out.jsonl"
+  env = {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": REPO}
+  proc = subprocess.run(
+      [sys.executable, "-m", "blink_jax.link", f"--workdir={workdir}", f"--input={src}",
+       f"--output={dst}", "--evaluate", "--batch_size=2"],
+      capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "in.jsonl:2:" in proc.stderr and "in.jsonl:4:" in proc.stderr
+  assert "in.jsonl:5:" in proc.stderr
+  lines = [json.loads(x) for x in dst.read_text().splitlines()]
+  assert [x["id"] for x in lines] == [json.loads(g)["id"] for g in good]
+  for x in lines:
+    for r in x["entities"]:
+      assert x["text"][r["start"]:r["end"]] == r["mention"]
+  assert "skipped 3 bad lines" in proc.stdout
+  with open(os.path.join(workdir, "metrics.json")) as f:
+    assert "in/linker fast" in json.load(f)
+  assert not os.path.exists(str(dst) + ".partial")
+
+
+WIKIEL = os.path.join(os.path.dirname(REPO), "shared", "data", "wikiel")
+
+
+@pytest.mark.skipif(not os.path.isdir(WIKIEL), reason="../shared/data/wikiel is absent")
+def test_links_wikiel_documents_against_their_own_catalogue(linked, tmp_path):
+  """Real documents (accents, NIL golds) against another catalogue than training's."""
+  _, workdir, _ = linked
+  linker = linker_lib.Linker.load(workdir, entities=os.path.join(WIKIEL, "entities.jsonl"))
+  assert len(linker.index) > 13000
+  docs = jsonl.read_documents(os.path.join(WIKIEL, "KORE50.docs.jsonl"))[:5]
+  report = train_linker.evaluate_documents(linker, docs, "fast")
+  assert report["documents"] == 5
+  assert report["mention_detection/strong/num_gold"] == sum(len(d.spans) for d in docs)
+  for r in linker.link([docs[0].text])[0]:
+    assert docs[0].text[r["start"]:r["end"]] == r["mention"]
+    assert r["entity_id"] in set(linker.index.ids.tolist())
+  # The cached index is reused by the next load.
+  cached = [d for d in os.listdir(os.path.join(workdir, "linker")) if d.startswith("index-")]
+  assert len(cached) == 1
