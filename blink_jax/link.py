@@ -90,7 +90,7 @@ def main(argv):
       settings={"workdir": os.path.abspath(FLAGS.workdir), "mode": FLAGS.mode,
                 "entities": FLAGS.entities, "use_worlds": FLAGS.use_worlds,
                 "overrides": overrides})
-  print(f"Linked {stats.linked} texts into {FLAGS.output}"
+  print(f"Linked {stats.linked} text{'' if stats.linked == 1 else 's'} into {FLAGS.output}"
         + (f"; skipped {stats.skipped} bad lines ({dict(stats.reasons)})"
            if stats.skipped else "")
         + (f"; resumed at input line {stats.resumed_from_line}"
