@@ -5,13 +5,17 @@ import os
 import subprocess
 import sys
 
+import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
 from blink_jax import linker as linker_lib
+from blink_jax import sharding
 from blink_jax import tokenization
 from blink_jax import train_linker
+from blink_jax import trainer
 from blink_jax.data import documents
 from blink_jax.data import jsonl
 from blink_jax.data import sources
@@ -46,6 +50,43 @@ def test_span_loss_balances_gold_and_other_spans_by_hand():
   np.testing.assert_allclose(float(loss), want, rtol=1e-6)
   # At logit > 0 only (0, 1) is predicted: precision 0 of 1, recall 0 of 1.
   assert float(m["mention_precision"]) == 0.0 and float(m["mention_recall"]) == 0.0
+
+
+def _tiny_linker_loss_and_grads(n_devices, mesh_cfg=None):
+  """Span BCE + linking CE of a tiny random MentionLinker on a fixed batch."""
+  config = ml_collections.ConfigDict(dict(
+      seed=0, model=dict(init_from="", init_num_layers=0, pooling="mean", projection_dim=0,
+                         bert=dict(vocab_size=64, hidden_size=32, num_layers=1, num_heads=4,
+                                   intermediate_size=64, max_position=32, dropout=0.1,
+                                   attention_dropout=0.0)),
+      linker=dict(max_width=3)))
+  fm, params = trainer.Functional.split(train_linker.build(config, 64))
+  rng = np.random.default_rng(0)
+  b, t, m, k, d = 8, 12, 8, 4, 32
+  valid = rng.random((b, t, 3)) < 0.6
+  batch = {"ids": rng.integers(5, 64, (b, t)).astype(np.int32),
+           "mask": np.ones((b, t), np.int32), "valid": valid,
+           "gold": valid & (rng.random((b, t, 3)) < 0.1),
+           "context_ids": rng.integers(5, 64, (m, t)).astype(np.int32),
+           "context_mask": np.ones((m, t), np.int32),
+           "entity_emb": rng.normal(size=(m, k, d)).astype(np.float32),
+           "cand_gold": np.eye(k, dtype=np.float32)[rng.integers(0, k, m)],
+           "cand_valid": np.ones((m, k), bool)}
+  mesh = sharding.make_mesh(mesh_cfg or {"data": n_devices}, jax.devices()[:n_devices])
+  params = jax.device_put(params, sharding.tree_shardings(mesh, params))
+  fn = jax.jit(train_linker.make_loss_and_grads(fm, 1.0))
+  (loss, _), grads = fn(params, sharding.global_batch(batch, mesh), jax.random.key(0))
+  return float(loss), jax.tree.map(np.asarray, grads)
+
+
+def test_linker_loss_on_8_devices_equals_1_device():
+  assert len(jax.devices()) == 8
+  ref_loss, ref_grads = _tiny_linker_loss_and_grads(1)
+  for mesh_cfg in ({"data": 8}, {"data": 2, "fsdp": 4}):
+    loss, grads = _tiny_linker_loss_and_grads(8, mesh_cfg)
+    assert abs(loss - ref_loss) <= 1e-5
+    for x, y in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads)):
+      np.testing.assert_allclose(x, y, atol=1e-5, rtol=0)
 
 
 # ------------------------------------------------------------------ windows
