@@ -1,13 +1,16 @@
-"""Orbax checkpoints of a training run: WORKDIR/checkpoints/<step>/.
+"""Orbax checkpoints of a stage: WORKDIR/<stage>/checkpoints/<step>/.
 
 Saves are asynchronous (training goes on while arrays are written) and
 atomic (Orbax writes to a temporary directory and renames it on commit), so
 a run killed at any moment leaves only whole checkpoints; `restore` always
-takes the latest one. Beside the train state each checkpoint holds a JSON
-`meta` item: the data position, mined hard negatives' epoch, and a
-fingerprint of the model config, so that a workdir reused with an
-incompatible config fails with the differing fields named instead of an
-opaque shape error.
+takes the latest one. A checkpoint holds three items: `params`, `opt_state`
+and a JSON `meta` (step, the stage's fingerprint: its config fields and the
+identities of the upstream artifacts it was trained from, and anything the
+stage must resume with). Inference restores `params` alone.
+
+A workdir reused with another config, or whose upstream stage has been
+retrained since, fails with the differing fields named instead of an opaque
+shape error or a silently stale model.
 """
 
 from __future__ import annotations
@@ -17,76 +20,87 @@ import os
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 import orbax.checkpoint as ocp
 from absl import logging
 
+from blink_jax import config_utils
+from blink_jax import workdir as workdir_lib
+
+ITEMS = ("params", "opt_state", "meta")
+
 
 class CheckpointConfigError(ValueError):
-  """The checkpoint was written by a run with a different model config."""
+  """The checkpoint was written by a run with a different config or upstream."""
 
 
-def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, Mapping):
-      out.update(_flat(v, f"{prefix}{k}."))
-    else:
-      out[f"{prefix}{k}"] = v
-  return out
+def _manager(directory: str, *, keep: int | None = None, async_save: bool = True,
+             create: bool = False) -> ocp.CheckpointManager:
+  return ocp.CheckpointManager(
+      directory,
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=keep, save_interval_steps=1, create=create,
+          enable_async_checkpointing=async_save, cleanup_tmp_directories=create),
+      item_names=ITEMS)
+
+
+def _mismatch(directory: str, step: int, theirs: Mapping[str, Any],
+              ours: Mapping[str, Any]) -> CheckpointConfigError:
+  lines = workdir_lib.describe_change(theirs, ours)
+  upstream = sorted({k.split(".")[1] for k in theirs.keys() | ours.keys()
+                     if k.startswith("upstream.") and theirs.get(k) != ours.get(k)})
+  stage_dir = os.path.dirname(directory)
+  if upstream:
+    return CheckpointConfigError(
+        f"Checkpoint {directory}/{step} was trained from another {' and '.join(upstream)} "
+        f"than the workdir holds now (retrained since):\n{lines}\nDelete {stage_dir} to "
+        "retrain this stage from the new one, or restore the old upstream.")
+  return CheckpointConfigError(
+      f"Checkpoint {directory}/{step} was written with a different config:\n{lines}\n"
+      f"Use a new --workdir, the config it was trained with, or delete {stage_dir}.")
 
 
 class Checkpointer:
   """Saves every `every` steps, keeps the last `keep`, resumes from the latest."""
 
-  def __init__(self, workdir: str, *, every: int, keep: int | None,
+  def __init__(self, directory: str, *, every: int, keep: int | None,
                fingerprint: Mapping[str, Any], async_save: bool = True):
-    self.directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+    self.directory = os.path.abspath(directory)
     # JSON round trip: tuples become lists, as they will be when read back.
-    self.fingerprint = json.loads(json.dumps(_flat(fingerprint)))
+    self.fingerprint = json.loads(json.dumps(config_utils.flatten(fingerprint), default=str))
     self.every = every
-    self._manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, save_interval_steps=1, create=True,
-            enable_async_checkpointing=async_save,
-            cleanup_tmp_directories=True),
-        item_names=("state", "meta"))
+    self._manager = _manager(self.directory, keep=keep, async_save=async_save, create=True)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def _check(self, meta: Mapping[str, Any], step: int) -> None:
-    theirs = meta.get("fingerprint", {})
-    diff = sorted(k for k in set(theirs) | set(self.fingerprint)
-                  if theirs.get(k) != self.fingerprint.get(k))
-    if diff:
-      lines = "\n".join(f"  {k}: checkpoint={theirs.get(k)!r} config={self.fingerprint.get(k)!r}"
-                        for k in diff)
-      raise CheckpointConfigError(
-          f"Checkpoint {self.directory}/{step} was written with a different "
-          f"model config:\n{lines}\nUse a new --workdir, or the config it was "
-          "trained with.")
-
   def restore(self, abstract_state: Any) -> tuple[Any, dict[str, Any]] | None:
     """Restores the latest checkpoint into `abstract_state`'s shapes/shardings.
 
-    Returns (state, meta), or None when there is no checkpoint yet.
+    `abstract_state` is {"params", "opt_state", "step"}. Returns (state,
+    meta), or None when there is no checkpoint yet.
     """
     step = self.latest_step()
     if step is None:
       return None
     meta = self._manager.restore(
         step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    self._check(meta, step)
+    theirs = meta.get("fingerprint", {})
+    if theirs != self.fingerprint:
+      raise _mismatch(self.directory, step, theirs, self.fingerprint)
     try:
       restored = self._manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state)))["state"]
+          params=ocp.args.StandardRestore(abstract_state["params"]),
+          opt_state=ocp.args.StandardRestore(abstract_state["opt_state"])))
     except (ValueError, KeyError, TypeError) as e:
       raise CheckpointConfigError(
           f"Checkpoint {self.directory}/{step} does not match the train state "
           f"of this config: {e}") from e
     logging.info("Restored checkpoint %s/%d.", self.directory, step)
-    return restored, meta
+    step_array = jax.device_put(jnp.asarray(step, jnp.int32),
+                                abstract_state["step"].sharding)
+    return {"params": restored["params"], "opt_state": restored["opt_state"],
+            "step": step_array}, meta
 
   def save(self, step: int, state: Any, meta: Mapping[str, Any], *,
            force: bool = False) -> bool:
@@ -97,14 +111,47 @@ class Checkpointer:
       return False
     meta = {**meta, "fingerprint": self.fingerprint, "step": step}
     self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-        force=True)
+        params=ocp.args.StandardSave(state["params"]),
+        opt_state=ocp.args.StandardSave(state["opt_state"]),
+        meta=ocp.args.JsonSave(meta)), force=True)
     return True
 
   def close(self) -> None:
     """Waits for pending saves; call before exiting."""
     self._manager.wait_until_finished()
     self._manager.close()
+
+
+def read_meta(directory: str) -> dict[str, Any] | None:
+  """The JSON meta of the latest checkpoint in `directory`, or None if there is none."""
+  if not os.path.isdir(directory):
+    return None
+  manager = _manager(directory)
+  try:
+    step = manager.latest_step()
+    if step is None:
+      return None
+    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  finally:
+    manager.close()
+
+
+def restore_params(directory: str, abstract_params: Any) -> tuple[Any, dict[str, Any]]:
+  """The parameters (only) of the latest checkpoint in `directory`, and its meta.
+
+  `abstract_params` carries shapes, dtypes and target shardings; the optimizer
+  state on disk is never read.
+  """
+  manager = _manager(directory)
+  try:
+    step = manager.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint in {directory}.")
+    restored = manager.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract_params), meta=ocp.args.JsonRestore()))
+  finally:
+    manager.close()
+  return restored["params"], restored["meta"]
 
 
 def abstract(tree: Any, shardings: Any) -> Any:

@@ -1,7 +1,7 @@
 """The demo: zero-shot entity linking on synthetic worlds, every stage, on a CPU.
 
 Generates (once) the synthetic Zeshel-style worlds into WORKDIR/data, then
-runs BLINK's chain on the training worlds: bi-encoder (in-batch and mined
+runs BLINK's chain (`stages/pipeline.py`) on the training worlds: bi-encoder (in-batch and mined
 hard negatives) -> its top-k candidates -> cross-encoder re-ranker ->
 distillation of the cross-encoder into the bi-encoder -> the end-to-end
 linker (mention detection trained jointly with linking on the training
@@ -22,16 +22,11 @@ from typing import Mapping, Sequence
 import ml_collections
 from absl import logging
 
-from blink_jax import distill
 from blink_jax import evaluate
 from blink_jax import metric_writer
-from blink_jax import tokenization
-from blink_jax import train_biencoder
-from blink_jax import train_crossencoder
-from blink_jax import train_linker
 from blink_jax.data import sources
-from blink_jax.models import bert_checkpoint
-from blink_jax.models import biencoder
+from blink_jax.inference import load as load_lib
+from blink_jax.stages import pipeline
 
 
 def format_table(rows: Mapping[str, dict], ks: Sequence[int]) -> str:
@@ -75,14 +70,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
                len(data.train), len(test))
   k = int(config.cross.k)
 
-  tok = tokenization.Tokenizer.from_pretrained(bert_checkpoint.resolve(config.tokenizer))
-  untrained = biencoder.build(config.model, vocab_size=tok.vocab_size, seed=config.seed)
+  tok = load_lib.tokenizer(config.tokenizer)
   rows = {"bi-encoder (untrained)": evaluate.biencoder_report(
-      untrained, tok, test_entities, test, config, normalize_k=k)}
-  trained = train_biencoder.train_and_evaluate(config, workdir, data)
-  cross = train_crossencoder.train_and_evaluate(config, workdir, data)
-  distilled = distill.train_and_evaluate(config, workdir, data)
-  linked = train_linker.train_and_evaluate(config, workdir, data)
+      load_lib.build("biencoder", config), tok, test_entities, test, config, normalize_k=k)}
+  stages = pipeline.run(config, workdir, data)
+  trained, cross = stages["biencoder"], stages["crossencoder"]
+  distilled, linked = stages["distill"], stages["linker"]
   bm25 = trained["baselines"]["test"].get("BM25") or evaluate.recall_report(
       evaluate.bm25_ranking(test_entities, test, config.candidates.k), test,
       list(config.eval.ks), normalize_k=k)

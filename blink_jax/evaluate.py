@@ -1,105 +1,29 @@
-"""Retrieval evaluation: encode a catalogue and mentions, rank, report recall@k.
+"""Evaluation reports: recall@k per world, the BM25 baseline, end-to-end span P/R/F1.
 
 Zeshel ranks each mention only against the entities of its own world; other
-data (one knowledge base) is a single group. Dense ranking goes through the
-entity index (index.py, exact back end, sharded over the mesh).
+data (one knowledge base) is a single group. Dense ranking goes through
+`inference.retrieve` (the entity index, exact back end, sharded over the mesh).
 """
 
 from __future__ import annotations
 
 import collections
-import functools
 from typing import Callable, Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from jax.sharding import Mesh
-from tqdm.auto import tqdm
 
 from blink_jax import bm25
-from blink_jax import index as index_lib
 from blink_jax import metrics
-from blink_jax import sharding
+from blink_jax import span_metrics
 from blink_jax import tokenization
-from blink_jax.data.jsonl import Entity, Mention
+from blink_jax.data.jsonl import Document, Entity, Mention
 from blink_jax.data.records import Records
+from blink_jax.inference import calibration
+from blink_jax.inference import linker as linker_lib
+from blink_jax.inference import retrieve
 
-EmbedFn = Callable[[np.ndarray, np.ndarray], jax.Array]
 ALL = "all"  # The group name of data without worlds.
-
-
-def progress(total: int, *, desc: str, initial: int = 0) -> tqdm:
-  """The progress bar of long loops; silent on every process but 0."""
-  return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True,
-              disable=jax.process_index() != 0)
-
-
-def tower_fn(tower: nnx.Module, mesh: Mesh) -> Callable[..., jax.Array]:
-  """A jitted `(*inputs) -> outputs` of a module in eval mode (an encoder
-  tower: (ids, mask) -> embeddings; the cross-encoder: (ids, mask, segment_ids)
-  -> scores).
-
-  Inputs are global arrays split over the mesh's devices (and hosts); the
-  output is replicated so that every process can read all of it.
-  """
-  tower.eval()
-  graphdef, state = nnx.split(tower)
-
-  @functools.partial(jax.jit, out_shardings=sharding.replicated(mesh))
-  def embed(state, *inputs):
-    return nnx.merge(graphdef, state)(*inputs)
-
-  return lambda *inputs: embed(state, *inputs)
-
-
-def encode(tower: nnx.Module, tokenize: Callable[[np.ndarray], tokenization.TokenBatch],
-           n: int, *, batch_size: int, mesh: Mesh | None = None,
-           desc: str = "encoding", inputs: Sequence[str] = ("ids", "mask")) -> np.ndarray:
-  """Runs `tower` over rows 0..n-1, `batch_size` rows per call, with a progress bar.
-
-  `tower` is an nnx.Module or a function made by `tower_fn`.
-
-  `tokenize(rows)` reads and tokenizes those rows; the fields named in
-  `inputs` are passed to the tower. Each call's rows are split over the
-  processes, and each process tokenizes only its own block, so a catalogue is
-  read once in all, in a stream. batch_size is rounded up to a multiple of
-  the device count; a last (or only) call with fewer rows is padded to the
-  next power of two times the device count, not to batch_size, so a small
-  call (one text through the linker) costs little and the function compiles
-  for at most log2(batch_size) shapes.
-  """
-  mesh = mesh or sharding.make_mesh()
-  # A function from tower_fn is compiled already: callers that encode in
-  # many calls (the linker) pass one to avoid compiling each time.
-  embed = tower_fn(tower, mesh) if isinstance(tower, nnx.Module) else tower
-  batch_size = -(-batch_size // mesh.size) * mesh.size
-  chunks = []
-  for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch",
-                    disable=jax.process_index() != 0, leave=False):
-    size = min(batch_size, mesh.size * _next_pow2(-(-(n - start) // mesh.size)))
-    mine = sharding.process_rows(mesh, size)
-    per = mine.stop - mine.start
-    first = start + mine.start
-    rows = np.arange(first, min(first + per, n))
-    # A process past the end still tokenizes one row, for the common width.
-    local = tokenize(rows if len(rows) else np.zeros(1, np.int64))
-    arrays = {}
-    for name in inputs:
-      x = getattr(local, name)
-      arrays[name] = np.zeros((per,) + x.shape[1:], x.dtype)
-      arrays[name][:len(rows)] = x[:len(rows)]
-    # Padding rows hold one [CLS]-like token so no row is fully masked.
-    arrays["mask"][len(rows):, 0] = 1
-    batch = sharding.global_batch(arrays, mesh)
-    out = embed(*(batch[name] for name in inputs))
-    chunks.append(np.asarray(out)[:min(size, n - start)])
-  return np.concatenate(chunks) if chunks else np.zeros((0, 0), np.float32)
-
-
-def _next_pow2(x: int) -> int:
-  return 1 << max(x - 1, 0).bit_length()
 
 
 def _groups(worlds: np.ndarray) -> dict[str, np.ndarray]:
@@ -192,76 +116,28 @@ def bm25_ranking(entities: Records[Entity], mentions: Records[Mention],
   return rank_per_world(rank, entities, mentions, k)
 
 
-def dense_ranking(query_emb: np.ndarray, entity_emb: np.ndarray,
-                  entities: Records[Entity], mentions: Records[Mention],
-                  k: int, mesh: Mesh | None = None) -> np.ndarray:
-  """Exact dot-product ranking, each mention within its world, through the index."""
-  index = index_lib.Index.build(entity_emb, entities.labels, None, entities.worlds,
-                                backend="exact", mesh=mesh)
-  worlds = None if set(mentions.worlds) == {None} else mentions.worlds
-  return index.search(query_emb, k, worlds)[1]
-
-
-def embed_entities(model, tok: tokenization.Tokenizer, entities: Records[Entity],
-                   config, mesh: Mesh | None = None) -> np.ndarray:
-  """Entity-tower embeddings of a catalogue, [E, d], read in a stream."""
-  def tokenize(rows):
-    es = entities.take(rows)
-    return tok.encode_entities([e.title for e in es], [e.text for e in es],
-                               config.data.max_entity_len)
-  return encode(model.entity_encoder, tokenize, len(entities),
-                batch_size=config.eval.batch_size, mesh=mesh, desc="entities")
-
-
-def embed_mentions(model, tok: tokenization.Tokenizer, mentions: Records[Mention],
-                   config, mesh: Mesh | None = None) -> np.ndarray:
-  """Context-tower embeddings of mentions, [N, d]."""
-  def tokenize(rows):
-    ms = mentions.take(rows)
-    return tok.encode_mentions([m.context_left for m in ms], [m.mention for m in ms],
-                               [m.context_right for m in ms], config.data.max_context_len)
-  return encode(model.context_encoder, tokenize, len(mentions),
-                batch_size=config.eval.batch_size, mesh=mesh, desc="mentions")
-
-
 def biencoder_report(model, tok: tokenization.Tokenizer,
                      entities: Records[Entity], mentions: Records[Mention],
-                     config, mesh: Mesh | None = None,
-                     entity_emb: np.ndarray | None = None,
+                     config, mesh: Mesh | None = None, *,
+                     catalogue: retrieve.Catalogue | None = None,
                      normalize_k: int | None = None) -> dict:
   """Recall@k of the bi-encoder `model`, per world with macro/micro averages.
 
-  Pass `entity_emb` to reuse a catalogue already embedded by this model;
+  Pass `catalogue` to reuse entities already embedded by this model;
   `normalize_k` adds the accuracies of `recall_report`.
   """
   ks = list(config.eval.ks)
-  if entity_emb is None:
-    entity_emb = embed_entities(model, tok, entities, config, mesh)
-  ctx = embed_mentions(model, tok, mentions, config, mesh)
+  catalogue = catalogue or retrieve.Catalogue(model, tok, entities, config, mesh)
   k = max(ks + [normalize_k or 0])
-  return recall_report(dense_ranking(ctx, entity_emb, entities, mentions, k, mesh),
-                       mentions, ks, normalize_k)
+  return recall_report(catalogue.retrieve(mentions, k).ids, mentions, ks, normalize_k)
 
 
-def hard_negatives(model, tok: tokenization.Tokenizer, entities: Records[Entity],
-                   mentions: Records[Mention], num: int, config,
-                   mesh: Mesh | None = None) -> np.ndarray:
-  """The `num` highest-scoring wrong entities of each mention, within its world.
-
-  Returns [N, num] rows into `entities`, -1 where a world has too few.
-  """
-  ent = embed_entities(model, tok, entities, config, mesh)
-  ctx = embed_mentions(model, tok, mentions, config, mesh)
-  return negatives_from_ranking(dense_ranking(ctx, ent, entities, mentions, num + 1, mesh),
-                                entities, mentions, num)
-
-
-def negatives_from_ranking(ranked: np.ndarray, entities: Records[Entity],
-                           mentions: Records[Mention], num: int) -> np.ndarray:
-  """The first `num` non-gold entity ids of each ranking, as rows into `entities`."""
-  wrong = (ranked >= 0) & (ranked != mentions.labels[:, None])
-  # Stable sort of "is not wrong" moves the wrong ids to the front, in rank order.
-  order = np.argsort(~wrong, axis=1, kind="stable")[:, :num]
-  keep = np.take_along_axis(wrong, order, axis=1)
-  rows = entities.positions_of(np.take_along_axis(ranked, order, axis=1))
-  return np.where(keep, rows, -1)
+def documents_report(linker: linker_lib.Linker, docs: list[Document], mode: str) -> dict:
+  """ELQ-style P/R/F1 (mention detection and linking, strong and weak) of `linker`."""
+  texts = [d.text for d in docs]
+  worlds = [d.world for d in docs]
+  pred = linker.link(texts, worlds=None if set(worlds) <= {None} else worlds, mode=mode)
+  totals = span_metrics.score_documents(
+      (calibration.gold_spans(d), [(r["start"], r["end"], r["entity_id"], r["nil"]) for r in p])
+      for d, p in zip(docs, pred))
+  return {**span_metrics.report(totals), "documents": len(docs)}

@@ -25,7 +25,7 @@ from absl import flags
 from absl import logging
 
 from blink_jax import link_io
-from blink_jax import linker as linker_lib
+from blink_jax.inference import linker as linker_lib
 from blink_jax import metric_writer
 from blink_jax import span_metrics
 

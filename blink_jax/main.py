@@ -28,11 +28,12 @@ flags.mark_flags_as_required(["config", "workdir"])
 # config.mode -> "module:function(config, workdir)".
 MODES = {
     "demo": "blink_jax.demo:run",
-    "train_biencoder": "blink_jax.train_biencoder:train_and_evaluate",
-    "train_crossencoder": "blink_jax.train_crossencoder:train_and_evaluate",
-    "distill": "blink_jax.distill:train_and_evaluate",
-    "train_linker": "blink_jax.train_linker:train_and_evaluate",
-    "index": "blink_jax.build_index:run",
+    "pipeline": "blink_jax.stages.pipeline:run",
+    "train_biencoder": "blink_jax.stages.biencoder:train_and_evaluate",
+    "train_crossencoder": "blink_jax.stages.crossencoder:train_and_evaluate",
+    "distill": "blink_jax.stages.distill:train_and_evaluate",
+    "train_linker": "blink_jax.stages.linker:train_and_evaluate",
+    "index": "blink_jax.stages.index:run",
 }
 
 

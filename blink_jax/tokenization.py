@@ -24,7 +24,7 @@ import dataclasses
 import functools
 import json
 import os
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import tokenizers
@@ -54,6 +54,11 @@ class TokenBatch:
 
   def __len__(self) -> int:
     return self.ids.shape[0]
+
+  def take(self, rows: np.ndarray) -> "TokenBatch":
+    """The batch of rows `rows` (every field, same class)."""
+    return dataclasses.replace(self, **{f.name: getattr(self, f.name)[rows]
+                                        for f in dataclasses.fields(self)})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,7 +201,18 @@ class Tokenizer:
     b = self.pack(rows, max_len)
     return MentionBatch(**dataclasses.asdict(b), mention_bounds=bounds)
 
+  def mentions(self, records: Sequence[Any], max_len: int) -> MentionBatch:
+    """`encode_mentions` of records with context_left / mention / context_right."""
+    return self.encode_mentions([m.context_left for m in records],
+                                [m.mention for m in records],
+                                [m.context_right for m in records], max_len)
+
   # -------------------------------------------------------------- entities
+  def entities(self, records: Sequence[Any], max_len: int) -> TokenBatch:
+    """`encode_entities` of records with a title and a text (description)."""
+    return self.encode_entities([e.title for e in records], [e.text for e in records],
+                                max_len)
+
   def encode_entities(self, titles: Sequence[str], descriptions: Sequence[str],
                       max_len: int) -> TokenBatch:
     """BLINK's entity layout: [CLS] title [unused2] description [SEP].

@@ -3,8 +3,8 @@
 The bi-encoder, the cross-encoder and the distilled student differ in their
 model, loss and batches; they train the same way, here:
   * `Functional`: a model as a pure function of its parameters;
-  * `create_state` / `restore_params`: parameters and optimizer state created
-    sharded over the mesh, and read back from a stage's checkpoints;
+  * `create_state` / `restore`: parameters and optimizer state created
+    sharded over the mesh, and resumed from a stage's checkpoints;
   * `make_train_step` / `compile_step`: one update, jitted with explicit
     shardings and the state donated; dropout keyed by (seed, step), so a
     resumed run draws the masks the uninterrupted one would have;
@@ -26,8 +26,8 @@ from absl import logging
 from flax import nnx
 
 from blink_jax import checkpoint as ckpt_lib
-from blink_jax import evaluate
 from blink_jax import metric_writer
+from blink_jax import progress as progress_lib
 from blink_jax import sharding
 
 # (params, batch, key) -> ((loss, metrics), grads)
@@ -75,35 +75,6 @@ def create_state(params: Any, tx: optax.GradientTransformation, mesh
   return state, {"params": param_sh, "opt_state": opt_sh, "step": rep}
 
 
-def abstract_state(params: Any, tx: optax.GradientTransformation, mesh) -> Any:
-  """ShapeDtypeStructs (with shardings) of the train state, for a restore."""
-  opt_shapes = jax.eval_shape(tx.init, params)
-  state = {"params": params, "opt_state": opt_shapes,
-           "step": jax.ShapeDtypeStruct((), jnp.int32)}
-  shardings = {"params": sharding.tree_shardings(mesh, params),
-               "opt_state": sharding.tree_shardings(mesh, opt_shapes),
-               "step": sharding.replicated(mesh)}
-  return ckpt_lib.abstract(state, shardings)
-
-
-def restore_params(stage_dir: str, params: Any, tx: optax.GradientTransformation,
-                   mesh, fingerprint: Mapping[str, Any], what: str) -> tuple[Any, int]:
-  """The parameters of the latest checkpoint in `stage_dir`, and its step.
-
-  `params` gives the structure (a freshly built model's); `tx` the optimizer
-  the stage trained with (its state is restored, then dropped).
-  """
-  # keep=None: opening a manager to read must never prune a stage's checkpoints.
-  ckpt = ckpt_lib.Checkpointer(stage_dir, every=0, keep=None, fingerprint=fingerprint)
-  restored = ckpt.restore(abstract_state(params, tx, mesh))
-  ckpt.close()
-  if restored is None:
-    raise FileNotFoundError(f"No {what} checkpoint in {stage_dir}/checkpoints: "
-                            "train it first.")
-  state, _ = restored
-  return state["params"], int(state["step"])
-
-
 def restore(ckpt: ckpt_lib.Checkpointer, state: dict, state_sh: dict, *, what: str,
             total_steps: int) -> tuple[dict, dict]:
   """The latest checkpoint's (state, meta), or (state, {}) when there is none."""
@@ -111,7 +82,13 @@ def restore(ckpt: ckpt_lib.Checkpointer, state: dict, state_sh: dict, *, what: s
   if restored is None:
     return state, {}
   state, meta = restored
-  logging.info("Resuming at step %d of %d (%s).", int(state["step"]), total_steps, what)
+  step = int(state["step"])
+  if step > total_steps:
+    # A run asked for fewer steps than its checkpoint has: the fingerprint
+    # holds the step count, so this only happens through a stale fingerprint.
+    raise ckpt_lib.CheckpointConfigError(
+        f"{what}: the checkpoint is at step {step}, past the {total_steps} steps asked for.")
+  logging.info("Resuming at step %d of %d (%s).", step, total_steps, what)
   return state, meta
 
 
@@ -155,7 +132,7 @@ def train_loop(*, state: dict, train_step, batch: Callable[[int], Mapping[str, n
   step = int(state["step"])
   pending = []
   t_log = time.time()
-  progress = evaluate.progress(total_steps, initial=step, desc=tag)
+  progress = progress_lib.progress(total_steps, initial=step, desc=tag)
   try:
     while step < total_steps:
       if before_step is not None:

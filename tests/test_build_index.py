@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
-from blink_jax import build_index
+from blink_jax.stages import index as build_index
 from blink_jax import evaluate
 from blink_jax import index as index_lib
 from blink_jax import main
-from blink_jax import train_biencoder
+from blink_jax.inference import encode
+from blink_jax.inference import load as load_lib
 from blink_jax.data import jsonl
 from blink_jax.data import sources
 from blink_jax.data.jsonl import Entity
@@ -43,14 +44,11 @@ def test_build_add_delete_from_the_cli_path(tmp_path):
   assert len(index) == len(data.entities)
 
   # The saved index holds the model's embeddings of every entity.
-  model, step = train_biencoder.load_trained(config, workdir)
-  from blink_jax import tokenization  # pylint: disable=g-import-not-at-top
-  from blink_jax.models import bert_checkpoint  # pylint: disable=g-import-not-at-top
-  tok = tokenization.Tokenizer.from_pretrained(bert_checkpoint.resolve(config.tokenizer))
-  emb = evaluate.embed_entities(model, tok, data.entities, config)
-  loaded = index_lib.Index.load(tmp_path / "w" / "index",
-                                expect_model=index_lib.model_id(
-                                    step, train_biencoder.fingerprint(config)))
+  trained = load_lib.load(workdir, "biencoder")
+  model = trained.model
+  tok = load_lib.tokenizer(config.tokenizer)
+  emb = encode.embed_entities(model, tok, data.entities, config)
+  loaded = index_lib.Index.load(tmp_path / "w" / "index", expect_model=trained.identity)
   world = data.entities.worlds[0]
   _, got = loaded.search(emb[:5], 3, worlds=[world] * 5)
   _, want = index_lib.Index.build(emb, data.entities.labels, None, data.entities.worlds,
@@ -69,7 +67,7 @@ def test_build_add_delete_from_the_cli_path(tmp_path):
   after = index_lib.Index.load(tmp_path / "w" / "index")
   assert len(after) == len(data.entities)  # +1 new, 1 replaced, -1 deleted.
   assert after.title_of([90001, first.id, victim]) == ["Zorblax", "Renamed", None]
-  new_emb = evaluate.embed_entities(model, tok, jsonl.open_entities(tmp_path / "new.jsonl"),
+  new_emb = encode.embed_entities(model, tok, jsonl.open_entities(tmp_path / "new.jsonl"),
                                     config)
   _, got = after.search(new_emb[:1], len(after), worlds=[world])
   assert 90001 in got[0] and victim not in got[0]

@@ -9,15 +9,19 @@ import ml_collections
 import numpy as np
 import pytest
 
-from blink_jax import candidates as candidates_lib
-from blink_jax import distill
 from blink_jax import evaluate
 from blink_jax import losses
 from blink_jax import optim
 from blink_jax import sharding
 from blink_jax import tokenization
-from blink_jax import train_biencoder
-from blink_jax import train_crossencoder
+from blink_jax import workdir as workdir_lib
+from blink_jax.inference import load as load_lib
+from blink_jax.inference import rerank
+from blink_jax.inference import retrieve
+from blink_jax.stages import biencoder as biencoder_stage
+from blink_jax.stages import candidates as candidates_lib
+from blink_jax.stages import crossencoder as crossencoder_stage
+from blink_jax.stages import distill
 from blink_jax import trainer
 from blink_jax.data import pipeline
 from blink_jax.data.jsonl import Entity, Mention
@@ -128,10 +132,10 @@ def test_pair_builder_rows_split_anywhere(tok):
 
 
 def test_rerank_and_normalized_accuracy():
-  cands = candidates_lib.Candidates(
+  cands = retrieve.Candidates(
       ids=np.array([[5, 6, 7, 8], [1, 2, 3, 4], [9, 8, 7, 6]]),
       scores=np.zeros((3, 4), np.float32), labels=np.array([7, 1, 5]))
-  ranked = train_crossencoder.rerank(cands, np.array([[0.0, 1, 2], [3, 2, 1],
+  ranked = rerank.rerank(cands, np.array([[0.0, 1, 2], [3, 2, 1],
                                                       [1, 2, -np.inf]]))
   np.testing.assert_array_equal(ranked, [[7, 6, 5, 8], [1, 2, 3, 4], [8, 9, 7, 6]])
   np.testing.assert_array_equal(cands.gold_positions(), [2, 0, -1])
@@ -148,14 +152,14 @@ def test_rerank_and_normalized_accuracy():
 
 def test_stored_arrays_are_checked_against_their_maker(tmp_path):
   path = str(tmp_path / "c" / "train.npz")
-  candidates_lib.save_arrays(path, {"ids": np.arange(6).reshape(2, 3)}, {"step": 3})
+  workdir_lib.save_arrays(path, {"ids": np.arange(6).reshape(2, 3)}, {"step": 3})
   assert not [p for p in os.listdir(tmp_path / "c") if ".tmp" in p]
-  np.testing.assert_array_equal(candidates_lib.load_arrays(path, {"step": 3})["ids"],
+  np.testing.assert_array_equal(workdir_lib.load_arrays(path, {"step": 3})["ids"],
                                 np.arange(6).reshape(2, 3))
-  assert candidates_lib.load_arrays(path, {"step": 4}) is None  # Another model.
+  assert workdir_lib.load_arrays(path, {"step": 4}) is None  # Another model.
   with open(path, "r+b") as f:
     f.truncate(40)
-  assert candidates_lib.load_arrays(path, {"step": 3}) is None  # Corrupt: recompute.
+  assert workdir_lib.load_arrays(path, {"step": 3}) is None  # Corrupt: recompute.
 
 
 # ---------------------------------------------------------------- sharding
@@ -183,7 +187,7 @@ def _cross_loss_and_grads(n_devices, mesh_cfg=None):
   fm, params = trainer.Functional.split(_tiny_cross())
   mesh = sharding.make_mesh(mesh_cfg or {"data": n_devices}, jax.devices()[:n_devices])
   params = jax.device_put(params, sharding.tree_shardings(mesh, params))
-  fn = jax.jit(train_crossencoder.make_loss_and_grads(fm, 4))
+  fn = jax.jit(crossencoder_stage.make_loss_and_grads(fm, 4))
   (loss, _), grads = fn(params, sharding.global_batch(_pair_batch(), mesh),
                         jax.random.key(0))
   return float(loss), jax.tree.map(np.asarray, grads)
@@ -210,7 +214,7 @@ def test_cross_encoder_learns_a_batch():
   mesh = sharding.make_mesh({"data": 1}, jax.devices()[:1])
   state, state_sh = trainer.create_state(params, tx, mesh)
   step = trainer.compile_step(trainer.make_train_step(
-      train_crossencoder.make_loss_and_grads(fm, 4), tx, schedule, 0), state_sh, mesh)
+      crossencoder_stage.make_loss_and_grads(fm, 4), tx, schedule, 0), state_sh, mesh)
   batch = sharding.global_batch(_pair_batch(b=4, seed=1), mesh)
   losses_seen = []
   for _ in range(40):
@@ -223,7 +227,7 @@ def test_freezing_a_tower_keeps_it_bit_identical():
   cfg = ml_collections.ConfigDict(dict(init_from="", pooling="cls", projection_dim=0, bert=dict(
       vocab_size=64, hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64,
       max_position=32, dropout=0.0, attention_dropout=0.0)))
-  fm, params = train_biencoder.Functional.split(biencoder.build(cfg, vocab_size=64))
+  fm, params = biencoder_stage.Functional.split(biencoder.build(cfg, vocab_size=64))
   ocfg = ml_collections.ConfigDict(dict(learning_rate=1e-2, warmup_fraction=0.0,
                                         weight_decay=0.1, grad_clip_norm=1.0))
   tx, _ = optim.make(ocfg, 10)
@@ -239,7 +243,7 @@ def test_distillation_pulls_the_student_towards_the_teacher():
   cfg = ml_collections.ConfigDict(dict(init_from="", pooling="cls", projection_dim=0, bert=dict(
       vocab_size=64, hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64,
       max_position=32, dropout=0.0, attention_dropout=0.0)))
-  fm, params = train_biencoder.Functional.split(biencoder.build(cfg, vocab_size=64))
+  fm, params = biencoder_stage.Functional.split(biencoder.build(cfg, vocab_size=64))
   rng = np.random.default_rng(0)
   b, k = 8, 4
   batch = {"context_ids": rng.integers(5, 64, (b, 10)).astype(np.int32),
@@ -291,8 +295,9 @@ def test_chain_writes_every_report(chain):
 
 def test_distilled_context_tower_moves_entity_tower_stays(chain):
   config, workdir, _, student = chain
-  teacher_free, _ = train_biencoder.load_trained(config, workdir)
-  loaded, step = distill.load_trained(config, workdir)
+  teacher_free = load_lib.load(workdir, "biencoder").model
+  trained = load_lib.load(workdir, "distill")
+  loaded, step = trained.model, trained.identity["step"]
   assert step > 0
   same = lambda a, b: all(np.array_equal(x, y) for x, y in zip(
       jax.tree.leaves(nnx_state(a)), jax.tree.leaves(nnx_state(b))))
@@ -313,18 +318,19 @@ def test_stored_candidates_and_teacher_scores_are_reused(chain, monkeypatch):
     raise AssertionError("recomputed what was stored")
 
   data = _data(config, workdir)
-  monkeypatch.setattr(candidates_lib, "retrieve", no)
+  monkeypatch.setattr(retrieve.Catalogue, "retrieve", no)
   again = candidates_lib.for_sets(config, workdir, {"test": data.evals["test"]},
                                   data.entities_for)
   np.testing.assert_array_equal(again["test"].ids, cross["candidates"]["test"].ids)
-  monkeypatch.setattr(train_crossencoder, "score_candidates", no)
+  monkeypatch.setattr(rerank, "score_candidates", no)
   cands = cross["candidates"]["train"].top(config.distill.k)
   kept = np.flatnonzero(cands.gold_positions() >= 0)
   pb = pipeline.PairBuilder(
-      tokenization.Tokenizer.from_pretrained(bert_checkpoint.resolve(config.tokenizer)),
+      load_lib.tokenizer(config.tokenizer),
       data.entities, data.train.subset(kept), cands.ids[kept],
       max_context_len=config.cross.max_context_len, max_entity_len=config.cross.max_entity_len)
-  scores = distill.teacher_scores(config, workdir, pb, "train", sharding.make_mesh())
+  scores = distill.teacher_scores(workdir, load_lib.load(workdir, "crossencoder"), pb, "train",
+                                  sharding.make_mesh())
   assert scores.shape == (len(kept), config.distill.k)
 
 
@@ -338,11 +344,11 @@ def test_interrupted_cross_encoder_resumes_to_the_same_weights(chain, tmp_path, 
   config = chain_config()
   config.cross.train.num_steps = 6
   config.cross.train.checkpoint_every = 2
-  ref, _ = train_crossencoder.load_trained(config, workdir)
+  ref = load_lib.load(workdir, "crossencoder").model
   # A second workdir sharing the bi-encoder: copy its checkpoints and data.
   import shutil  # pylint: disable=g-import-not-at-top
   other = str(tmp_path / "w")
-  for sub in ("checkpoints", "data", "candidates"):
+  for sub in ("biencoder", "data", "candidates"):
     shutil.copytree(os.path.join(workdir, sub), os.path.join(other, sub))
   calls = {"n": 0}
   real = pipeline.PairBuilder.__call__
@@ -355,13 +361,14 @@ def test_interrupted_cross_encoder_resumes_to_the_same_weights(chain, tmp_path, 
 
   monkeypatch.setattr(pipeline.PairBuilder, "__call__", interrupt_at_step_3)
   with pytest.raises(KeyboardInterrupt):
-    train_crossencoder.train_and_evaluate(config, other)
+    crossencoder_stage.train_and_evaluate(config, other)
   monkeypatch.setattr(pipeline.PairBuilder, "__call__", real)
   steps = sorted(int(d) for d in os.listdir(os.path.join(other, "crossencoder",
                                                          "checkpoints")) if d.isdigit())
   assert steps == [2]
-  train_crossencoder.train_and_evaluate(config, other)
-  resumed, step = train_crossencoder.load_trained(config, other)
+  crossencoder_stage.train_and_evaluate(config, other)
+  trained = load_lib.load(other, "crossencoder")
+  resumed, step = trained.model, trained.identity["step"]
   assert step == 6
   for x, y in zip(jax.tree.leaves(nnx_state(ref)), jax.tree.leaves(nnx_state(resumed))):
     np.testing.assert_array_equal(x, y)

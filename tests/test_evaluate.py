@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 
 from blink_jax import evaluate
+from blink_jax.inference import encode
+from blink_jax.inference import retrieve
+from blink_jax.stages import biencoder as biencoder_stage
 from blink_jax import sharding
 from blink_jax import tokenization
 from blink_jax.data.jsonl import Entity, Mention
@@ -46,7 +49,7 @@ def test_sharded_streaming_encode_equals_one_call(tok):
                                           eval=dict(batch_size=8)))
   mesh = sharding.make_mesh()
   assert mesh.size == 8
-  got = evaluate.embed_entities(model, tok, entities, config, mesh)
+  got = encode.embed_entities(model, tok, entities, config, mesh)
   es = list(entities)
   batch = tok.encode_entities([e.title for e in es], [e.text for e in es], 12)
   with jax.default_device(jax.devices()[0]):
@@ -61,7 +64,8 @@ def test_dense_ranking_stays_in_each_world():
   emb = np.eye(5, dtype=np.float32)
   # Mention 0 is closest to entity 2 (world b), which it must never see.
   queries = np.array([[0.5, 0.1, 0.9, 0, 0], [0, 0.3, 0, 0.2, 0.9]], np.float32)
-  ranked = evaluate.dense_ranking(queries, emb, entities, mentions, k=3)
+  cat = retrieve.Catalogue(None, None, entities, None, embeddings=emb)
+  ranked = cat.search(queries, mentions.worlds, 3)[1]
   assert ranked.tolist() == [[0, 1, -1], [4, 3, 2]]
   report = evaluate.recall_report(ranked, mentions, [1, 2])
   assert report["per_world"]["a"]["recall@1"] == 1.0
@@ -73,6 +77,6 @@ def test_negatives_skip_the_gold_and_keep_rank_order():
   mentions = Records.of([Mention("", "", "", 12, None), Mention("", "", "", 14, None),
                          Mention("", "", "", 10, None)])
   ranked = np.array([[11, 12, 13], [10, 11, 12], [10, -1, -1]])
-  rows = evaluate.negatives_from_ranking(ranked, entities, mentions, num=2)
+  rows = biencoder_stage.negatives_from_ranking(ranked, entities, mentions, num=2)
   # Catalogue rows of ids: 11 -> 1, 13 -> 3, 10 -> 0, ...
   assert rows.tolist() == [[1, 3], [0, 1], [-1, -1]]

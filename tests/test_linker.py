@@ -11,10 +11,12 @@ import ml_collections
 import numpy as np
 import pytest
 
-from blink_jax import linker as linker_lib
+from blink_jax.inference import linker as linker_lib
 from blink_jax import sharding
 from blink_jax import tokenization
-from blink_jax import train_linker
+from blink_jax import evaluate
+from blink_jax.inference import calibration
+from blink_jax.stages import linker as train_linker
 from blink_jax import trainer
 from blink_jax.data import documents
 from blink_jax.data import jsonl
@@ -60,7 +62,7 @@ def _tiny_linker_loss_and_grads(n_devices, mesh_cfg=None):
                                    intermediate_size=64, max_position=32, dropout=0.1,
                                    attention_dropout=0.0)),
       linker=dict(max_width=3)))
-  fm, params = trainer.Functional.split(train_linker.build(config, 64))
+  fm, params = trainer.Functional.split(mention_detection.build(config, vocab_size=64))
   rng = np.random.default_rng(0)
   b, t, m, k, d = 8, 12, 8, 4, 32
   valid = rng.random((b, t, 3)) < 0.6
@@ -164,12 +166,12 @@ def test_nil_threshold_by_hand():
   s_out = np.array([0.5, 0.85, 0.3])
   # Prior 0.5: t = 0.8 keeps 2/3 links and rejects 2/3 -> 0.5*2/3 + 0.5*2/3 = 0.667;
   # t = 0.9 keeps 1/3, rejects 3/3 -> 0.667 too; the first (lowest) wins.
-  assert train_linker._nil_threshold(s_in, correct, s_out, 0.5) == 0.8
+  assert calibration.nil_threshold(s_in, correct, s_out, 0.5) == 0.8
   # Prior 0.1: keeping links matters more; t = 0.8 scores 0.9*2/3 + 0.1*2/3 = 0.667,
   # t = -inf 0.9*2/3 + 0 = 0.6, t = 0.3 0.6 too, t = 0.5: 0.6 + 0.1/3 = 0.633.
-  assert train_linker._nil_threshold(s_in, correct, s_out, 0.1) == 0.8
+  assert calibration.nil_threshold(s_in, correct, s_out, 0.1) == 0.8
   # Prior 0: never NIL.
-  assert train_linker._nil_threshold(s_in, correct, s_out, 0.0) == -np.inf
+  assert calibration.nil_threshold(s_in, correct, s_out, 0.0) == -np.inf
 
 
 def test_split_documents_holds_out_a_fraction():
@@ -302,7 +304,7 @@ def test_links_wikiel_documents_against_their_own_catalogue(linked, tmp_path):
   linker = linker_lib.Linker.load(workdir, entities=os.path.join(WIKIEL, "entities.jsonl"))
   assert len(linker.index) > 13000
   docs = jsonl.read_documents(os.path.join(WIKIEL, "KORE50.docs.jsonl"))[:5]
-  report = train_linker.evaluate_documents(linker, docs, "fast")
+  report = evaluate.documents_report(linker, docs, "fast")
   assert report["documents"] == 5
   assert report["mention_detection/strong/num_gold"] == sum(len(d.spans) for d in docs)
   for r in linker.link([docs[0].text])[0]:

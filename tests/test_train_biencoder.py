@@ -19,7 +19,7 @@ from blink_jax import checkpoint as ckpt_lib
 from blink_jax import losses
 from blink_jax import optim
 from blink_jax import sharding
-from blink_jax import train_biencoder
+from blink_jax.stages import biencoder as train_biencoder
 from blink_jax.models import biencoder
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -183,17 +183,16 @@ def _run(workdir, *extra, timeout=600):
 
 def _final_params(workdir):
   import orbax.checkpoint as ocp
-  steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, "checkpoints"))
-                 if d.isdigit())
-  with ocp.CheckpointManager(os.path.join(workdir, "checkpoints"),
-                             item_names=("state", "meta")) as m:
+  d = os.path.join(workdir, "biencoder", "checkpoints")
+  steps = sorted(int(x) for x in os.listdir(d) if x.isdigit())
+  with ocp.CheckpointManager(d, item_names=("params", "opt_state", "meta")) as m:
     restored = m.restore(steps[-1], args=ocp.args.Composite(
-        state=ocp.args.StandardRestore()))
-  return steps[-1], restored["state"]["params"]
+        params=ocp.args.StandardRestore()))
+  return steps[-1], restored["params"]
 
 
 def _committed_steps(workdir):
-  d = os.path.join(workdir, "checkpoints")
+  d = os.path.join(workdir, "biencoder", "checkpoints")
   return [int(x) for x in os.listdir(d) if x.isdigit()] if os.path.isdir(d) else []
 
 

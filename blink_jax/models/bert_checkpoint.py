@@ -203,19 +203,35 @@ def load_pretrained(path_or_hub_id: str | os.PathLike, *, seed: int = 0,
   return model
 
 
-def build_encoder(model_cfg, vocab_size: int, seed: int = 0) -> bert.Bert:
+def encoder_config(model_cfg, vocab_size: int) -> bert.BertConfig:
+  """The shape and numerics of a config's `model` block, reading no weights.
+
+  From the checkpoint's config.json (cut to `model.init_num_layers`) when
+  `model.init_from` is set, else from `model.bert`; `model.bert_overrides` on top.
+  """
+  overrides = dict(model_cfg.get("bert_overrides", {}))
+  if model_cfg.get("init_from"):
+    cfg = bert.BertConfig.from_hf_config(resolve(model_cfg.init_from), **overrides)
+    n = model_cfg.get("init_num_layers") or 0
+    return dataclasses.replace(cfg, num_layers=n) if n else cfg
+  fields = {**dict(model_cfg.bert), **overrides}
+  fields.setdefault("vocab_size", vocab_size)
+  return bert.BertConfig(**fields)
+
+
+def build_encoder(model_cfg, vocab_size: int, seed: int = 0, *,
+                  pretrained: bool = True) -> bert.Bert:
   """The BERT of a config's `model` block: pretrained or random.
 
   `model.init_from` (a spec for `resolve`) loads a checkpoint, keeping its
   first `model.init_num_layers` layers when > 0, with `model.bert_overrides`
   (numerics such as dtype or dropout); without it the encoder is initialised
-  at random from the shape in `model.bert`.
+  at random from the shape in `model.bert`. `pretrained=False` builds the
+  same shape at random without reading weights: the skeleton a trained
+  checkpoint is restored into.
   """
-  overrides = dict(model_cfg.get("bert_overrides", {}))
-  if model_cfg.get("init_from"):
+  if model_cfg.get("init_from") and pretrained:
     return load_pretrained(model_cfg.init_from, seed=seed,
                            first_layers=model_cfg.get("init_num_layers") or None,
-                           **overrides)
-  fields = {**dict(model_cfg.bert), **overrides}
-  fields.setdefault("vocab_size", vocab_size)
-  return bert.Bert(bert.BertConfig(**fields), rngs=bert.make_rngs(seed))
+                           **dict(model_cfg.get("bert_overrides", {})))
+  return bert.Bert(encoder_config(model_cfg, vocab_size), rngs=bert.make_rngs(seed))

@@ -68,17 +68,17 @@ class BiEncoder(nnx.Module):
 
 
 def build(model_cfg: ml_collections.ConfigDict, *, vocab_size: int,
-          seed: int = 0) -> BiEncoder:
+          seed: int = 0, pretrained: bool = True) -> BiEncoder:
   """Builds the bi-encoder of `config.model`.
 
   With `model.init_from` both towers start from the same pretrained weights,
   as in BLINK; without it they are initialised at random from `model.bert`.
+  `pretrained=False`: the same shapes at random (a skeleton to restore into).
   """
   rngs = bert.make_rngs(seed)
   proj = model_cfg.get("projection_dim") or None
   pooling = model_cfg.get("pooling", "cls")
-  return BiEncoder(
-      Tower(bert_checkpoint.build_encoder(model_cfg, vocab_size, seed), pooling, proj,
-            rngs=rngs),
-      Tower(bert_checkpoint.build_encoder(model_cfg, vocab_size, seed + 1), pooling, proj,
-            rngs=rngs))
+  encoder = lambda s: bert_checkpoint.build_encoder(model_cfg, vocab_size, s,
+                                                    pretrained=pretrained)
+  return BiEncoder(Tower(encoder(seed), pooling, proj, rngs=rngs),
+                   Tower(encoder(seed + 1), pooling, proj, rngs=rngs))

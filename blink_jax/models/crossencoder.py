@@ -39,8 +39,8 @@ class CrossEncoder(nnx.Module):
 
 
 def build(model_cfg: ml_collections.ConfigDict, *, vocab_size: int,
-          seed: int = 0) -> CrossEncoder:
+          seed: int = 0, pretrained: bool = True) -> CrossEncoder:
   """The cross-encoder of `config.cross.model` (same fields as `config.model`)."""
-  encoder = bert_checkpoint.build_encoder(model_cfg, vocab_size, seed)
+  encoder = bert_checkpoint.build_encoder(model_cfg, vocab_size, seed, pretrained=pretrained)
   return CrossEncoder(encoder, pooling=model_cfg.get("pooling", "cls"),
                       rngs=bert.make_rngs(seed))

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 from flax import nnx
 
+from blink_jax.models import bert
 from blink_jax.models import biencoder
 
 Array = jax.Array
@@ -82,3 +84,14 @@ class MentionLinker(nnx.Module):
     """[B, T] window tokens -> [B, T, max_width] span logits."""
     seq = self.context_encoder.encoder(ids, mask).sequence
     return span_logits(self.mention_head(seq).astype(jnp.float32), self.max_width)
+
+
+def build(config: ml_collections.ConfigDict, *, vocab_size: int,
+          student: biencoder.BiEncoder | None = None,
+          pretrained: bool = True) -> MentionLinker:
+  """The linker of `config`: `student`'s towers (a fresh bi-encoder if None) + span head."""
+  student = student or biencoder.build(config.model, vocab_size=vocab_size, seed=config.seed,
+                                       pretrained=pretrained)
+  return MentionLinker(student.context_encoder, student.entity_encoder,
+                       max_width=config.linker.max_width,
+                       rngs=bert.make_rngs(config.seed + 2))

@@ -29,7 +29,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
-import hashlib
 import json
 import os
 import time
@@ -40,29 +39,26 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from blink_jax import evaluate
+from blink_jax import config_utils
 from blink_jax import index as index_lib
 from blink_jax import sharding
 from blink_jax import tokenization
+from blink_jax import workdir as workdir_lib
 from blink_jax.data import documents
 from blink_jax.data import jsonl
 from blink_jax.data import pipeline
+from blink_jax.data import sources
 from blink_jax.data.jsonl import Entity, Mention
 from blink_jax.data.records import Records
-from blink_jax.models import bert_checkpoint
+from blink_jax.inference import encode
+from blink_jax.inference import load as load_lib
+from blink_jax.inference import rerank as rerank_lib
 
 MODES = ("fast", "full")
-STAGE = "linker"
-CALIBRATION = "calibration.json"
-CONFIG = "config.json"
 # Characters of context kept on each side of a span before tokenizing: far
 # more than max_context_len word pieces need, and it keeps a long document
 # from being tokenized once per mention.
 _CONTEXT_CHARS_PER_PIECE = 12
-
-
-def stage_dir(workdir: str) -> str:
-  return os.path.join(workdir, STAGE)
 
 
 def mention_of(text: str, start: int, end: int, max_pieces: int) -> Mention:
@@ -97,7 +93,7 @@ class Linker:
     self.config, self.tok, self.model, self.index = config, tok, model, index
     self.entities, self.cross, self.mode = entities, cross, mode
     self.mesh = mesh or sharding.make_mesh(config.get("mesh"))
-    cal = calibration or {}
+    cal = self.calibration = calibration or {}
     lc = config.linker
     self.mention_threshold = float(cal.get("mention_threshold", 0.0))
     # JSON has no -inf: a stored null means "never NIL".
@@ -112,9 +108,9 @@ class Linker:
     # Seconds spent per phase (bench/link.py reads them); a phase timed inside
     # another is subtracted from it, so the phases add up to the total.
     self.timings: collections.Counter = collections.Counter()
-    self._detect = evaluate.tower_fn(model, self.mesh)
-    self._embed = evaluate.tower_fn(model.context_encoder, self.mesh)
-    self._score = (evaluate.tower_fn(cross, self.mesh) if cross is not None else None)
+    self._detect = encode.tower_fn(model, self.mesh)
+    self._embed = encode.tower_fn(model.context_encoder, self.mesh)
+    self._score = (encode.tower_fn(cross, self.mesh) if cross is not None else None)
     self._workdir = workdir  # Where to find the cross-encoder on demand.
     if mode == "full":
       self._cross_scorer()  # Fail now, not on the first text.
@@ -130,48 +126,43 @@ class Linker:
     cached in WORKDIR/linker/index-<digest>. `overrides` update the stored
     config (e.g. {"linker": {"nil_threshold": {"fast": 2.0}}}).
     """
-    from blink_jax import train_crossencoder  # pylint: disable=g-import-not-at-top
-    from blink_jax import train_linker  # pylint: disable=g-import-not-at-top
-    path = os.path.join(stage_dir(workdir), CONFIG)
-    if not os.path.exists(path):
-      raise FileNotFoundError(f"No linker in {workdir} ({path} is missing): run "
-                              "--config.mode=train_linker first.")
-    with open(path, encoding="utf-8") as f:
-      config = ml_collections.ConfigDict(json.load(f))
+    config = workdir_lib.load_config(workdir, "linker")
     if overrides:
-      config.update_from_flattened_dict(_flatten(overrides))
+      config.update_from_flattened_dict(config_utils.flatten(overrides))
     mesh = mesh or sharding.make_mesh(config.get("mesh"))
-    model, step = train_linker.load_trained(config, workdir, mesh)
-    tok = tokenization.Tokenizer.from_pretrained(bert_checkpoint.resolve(config.tokenizer))
+    trained = load_lib.load(workdir, "linker", mesh)
+    tok = load_lib.tokenizer(config.tokenizer)
     if entities:
       catalogue = jsonl.open_entities(entities, skip_bad=bool(config.data.get("skip_bad")))
-      index = index_for(config, workdir, model, step, tok, entities, catalogue, mesh)
+      index = index_for(config, workdir, trained, tok, entities, catalogue, mesh)
     else:
-      catalogue = train_linker.catalogue(config, workdir)
-      index = index_lib.Index.load(
-          os.path.join(stage_dir(workdir), "index"), mesh=mesh,
-          expect_model=index_lib.model_id(step, train_linker.fingerprint(config)))
-    cross = None
-    if mode == "full":
-      cross, _ = train_crossencoder.load_trained(config, workdir, mesh)
+      catalogue = sources.load(config, workdir).entities
+      index = index_lib.Index.load(workdir_lib.linker_index_dir(workdir), mesh=mesh,
+                                   expect_model=trained.identity)
     calibration = {}
-    cal_path = os.path.join(stage_dir(workdir), CALIBRATION)
+    cal_path = workdir_lib.calibration_path(workdir)
     if os.path.exists(cal_path):
       with open(cal_path, encoding="utf-8") as f:
         calibration = json.load(f)
-    return cls(config, tok, model, index, catalogue, cross=cross, calibration=calibration,
+    return cls(config, tok, trained.model, index, catalogue, calibration=calibration,
                mode=mode, mesh=mesh, workdir=workdir)
 
   def _cross_scorer(self):
     """The compiled cross-encoder; loaded from the workdir on first use."""
     if self._score is None and self._workdir is not None:
-      from blink_jax import train_crossencoder  # pylint: disable=g-import-not-at-top
       try:
-        self.cross, _ = train_crossencoder.load_trained(self.config, self._workdir, self.mesh)
+        trained = load_lib.load(self._workdir, "crossencoder", self.mesh)
       except FileNotFoundError:
         pass
       else:
-        self._score = evaluate.tower_fn(self.cross, self.mesh)
+        calibrated = self.calibration.get("crossencoder")
+        if calibrated is not None and calibrated != trained.identity:
+          raise workdir_lib.StaleArtifactError(
+              f"The linker's full-mode NIL threshold was calibrated with cross-encoder "
+              f"{calibrated}, the workdir now holds {trained.identity}: retrain the linker "
+              "(--config.mode=train_linker) or link in fast mode.")
+        self.cross = trained.model
+        self._score = encode.tower_fn(self.cross, self.mesh)
     if self._score is None:
       raise ValueError("Full mode needs a trained cross-encoder "
                        "(--config.mode=train_crossencoder).")
@@ -218,7 +209,7 @@ class Linker:
     if not len(windows):
       return np.zeros(windows.valid.shape, np.float32)
     with self._timed("encoding"):
-      return evaluate.encode(self._detect, lambda rows: _Rows(windows.tokens, rows),
+      return encode.encode(self._detect, windows.tokens.take,
                              len(windows), batch_size=self.config.linker.batch_size,
                              mesh=self.mesh, desc="mentions")
 
@@ -231,12 +222,10 @@ class Linker:
 
     @self._timer("tokenization", inside="encoding")
     def tokenize(rows):
-      sel = ms.take(rows)
-      return self.tok.encode_mentions([m.context_left for m in sel], [m.mention for m in sel],
-                                      [m.context_right for m in sel], max_len)
+      return self.tok.mentions(ms.take(rows), max_len)
 
     with self._timed("encoding"):
-      q = evaluate.encode(self._embed, tokenize, len(ms),
+      q = encode.encode(self._embed, tokenize, len(ms),
                           batch_size=self.config.eval.batch_size, mesh=self.mesh,
                           desc="retrieval")
     with self._timed("search"):
@@ -244,16 +233,15 @@ class Linker:
 
   def rerank(self, mentions: Sequence[Mention], cand_ids: np.ndarray) -> np.ndarray:
     """Cross-encoder scores [N, K] of each mention's candidates (-inf on padding)."""
-    from blink_jax import train_crossencoder  # pylint: disable=g-import-not-at-top
     cc = self.config.cross
     builder = pipeline.PairBuilder(self.tok, self.entities, Records.of(list(mentions)),
                                    cand_ids, max_context_len=cc.max_context_len,
                                    max_entity_len=cc.max_entity_len)
     builder.pairs = self._timer("tokenization", inside="re-ranking")(builder.pairs)
     with self._timed("re-ranking"):
-      return train_crossencoder.score_candidates(self._cross_scorer(), builder,
-                                                 batch_size=cc.eval_batch_size,
-                                                 mesh=self.mesh, desc="re-ranking")
+      return rerank_lib.score_candidates(self._cross_scorer(), builder,
+                                         batch_size=cc.eval_batch_size,
+                                         mesh=self.mesh, desc="re-ranking")
 
   def scored(self, mentions: Sequence[Mention], worlds=None, mode: str | None = None
              ) -> tuple[np.ndarray, np.ndarray]:
@@ -351,47 +339,42 @@ def confidence(scores: np.ndarray) -> np.ndarray:
   if not len(scores):
     return np.zeros(0, np.float32)
   s = np.where(np.isfinite(scores), scores, -np.inf).astype(np.float64)
-  z = s - s[:, :1]
-  return (1.0 / np.exp(z).sum(1)).astype(np.float32)
+  # A row whose first score is -inf has no candidate at all (e.g. an empty
+  # world): confidence 0, where -inf - -inf would give NaN.
+  first = s[:, :1]
+  has = np.isfinite(first[:, 0])
+  z = s - np.where(np.isfinite(first), first, 0.0)
+  return np.where(has, 1.0 / np.exp(z).sum(1), 0.0).astype(np.float32)
 
 
-class _Rows:
-  """Rows of a TokenBatch, shaped like one (what evaluate.encode reads)."""
-
-  def __init__(self, tokens: tokenization.TokenBatch, rows: np.ndarray):
-    self.ids, self.mask = tokens.ids[rows], tokens.mask[rows]
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-  out = {}
-  for k, v in d.items():
-    if isinstance(v, dict):
-      out.update(_flatten(v, f"{prefix}{k}."))
-    else:
-      out[prefix + k] = v
-  return out
+def make_index(config, entities: Records[Entity], embeddings: np.ndarray, mesh,
+               model_id: dict) -> index_lib.Index:
+  """The linker's index of `entities`, whose `embeddings` its (frozen) entity tower made."""
+  titles = [e.title for e in entities.take(np.arange(len(entities)))]
+  ic = config.index
+  return index_lib.Index.build(
+      embeddings, entities.labels, titles, entities.worlds, backend=ic.backend,
+      storage=ic.storage, mesh=mesh, k=ic.k, target_recall=ic.target_recall,
+      scann=dict(ic.scann), model=model_id, seed=config.seed)
 
 
-def index_for(config, workdir: str, model, step: int, tok: tokenization.Tokenizer,
+def index_for(config, workdir: str, trained: load_lib.Trained, tok: tokenization.Tokenizer,
               path: str, catalogue: Records[Entity], mesh) -> index_lib.Index:
   """An index of the catalogue at `path` by the linker's entity tower, cached.
 
-  The cache is keyed to the file (path, size, mtime) and the linker's config;
-  a changed file or model is encoded again.
+  The cache is keyed to the file (path, size, mtime) and the linker's
+  identity; a changed file or model is encoded again.
   """
-  from blink_jax import train_linker  # pylint: disable=g-import-not-at-top
   st = os.stat(path)
-  digest = hashlib.sha256(json.dumps(
-      [os.path.abspath(path), st.st_size, st.st_mtime_ns, train_linker.fingerprint(config)],
-      sort_keys=True, default=str).encode()).hexdigest()[:16]
-  directory = os.path.join(stage_dir(workdir), f"index-{digest}")
+  key = workdir_lib.digest([os.path.abspath(path), st.st_size, st.st_mtime_ns,
+                            trained.identity])
+  directory = os.path.join(workdir_lib.stage_dir(workdir, "linker"), f"index-{key}")
   try:
-    return index_lib.Index.load(directory, mesh=mesh, expect_model=index_lib.model_id(
-        step, train_linker.fingerprint(config)))
+    return index_lib.Index.load(directory, mesh=mesh, expect_model=trained.identity)
   except (FileNotFoundError, index_lib.IndexLoadError):
     pass
   logging.info("Encoding %d entities of %s for the linker's index.", len(catalogue), path)
-  emb = evaluate.embed_entities(model, tok, catalogue, config, mesh)
-  index = train_linker.build_index(config, catalogue, emb, mesh, step)
+  emb = encode.embed_entities(trained.model, tok, catalogue, config, mesh)
+  index = make_index(config, catalogue, emb, mesh, trained.identity)
   index.save(directory)
   return index

@@ -1,9 +1,12 @@
-"""Distillation: the cross-encoder teaches the bi-encoder (Wu et al. 2020).
+"""Stage "distill": the cross-encoder teaches the bi-encoder (Wu et al. 2020).
 
-Reads top to bottom: mesh -> data, candidates and teacher scores -> student
+Reads: WORKDIR/biencoder (the student's start), WORKDIR/candidates,
+WORKDIR/crossencoder (the teacher). Writes: WORKDIR/distill/{config.json,
+checkpoints/, teacher_<set>.npz}. Reads top to bottom: mesh -> data, candidates
+and teacher scores -> student
 -> shard & transfer -> update step -> restore checkpoint -> train loop ->
 evaluation. `train_and_evaluate(config, workdir)` is the entry point
-(config.mode = "distill"); the demo calls it too.
+(config.mode = "distill"); the pipeline calls it too.
 
 The student starts from the trained bi-encoder and learns on each training
 mention's top `distill.k` candidates (the stored lists the cross-encoder
@@ -14,12 +17,12 @@ WORKDIR/distill/teacher_train.npz. As for the cross-encoder, mentions whose
 gold was not retrieved are dropped. With `distill.train_entity_tower=False`
 only the context tower learns: the catalogue's embeddings (and an index built
 from them) stay valid, and a step reads the candidates' embeddings instead of
-encoding them. Checkpoints go to WORKDIR/distill/checkpoints.
+encoding them. The student's model is the bi-encoder's, as its stored config
+describes it: this stage needs only its own flags.
 """
 
 from __future__ import annotations
 
-import os
 import time
 
 import jax
@@ -29,36 +32,39 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from blink_jax import candidates as candidates_lib
 from blink_jax import checkpoint as ckpt_lib
 from blink_jax import evaluate
-from blink_jax import index as index_lib
 from blink_jax import losses
 from blink_jax import metric_writer
 from blink_jax import optim
 from blink_jax import sharding
-from blink_jax import tokenization
-from blink_jax import train_biencoder
-from blink_jax import train_crossencoder
 from blink_jax import trainer
+from blink_jax import workdir as workdir_lib
 from blink_jax.data import pipeline
 from blink_jax.data import sources
-from blink_jax.models import bert_checkpoint
-from blink_jax.models import biencoder
+from blink_jax.inference import load as load_lib
+from blink_jax.inference import rerank
+from blink_jax.inference import retrieve
+from blink_jax.stages import biencoder as biencoder_stage
+from blink_jax.stages import candidates as candidates_lib
 
 STAGE = "distill"
 
 
-def stage_dir(workdir: str) -> str:
-  return os.path.join(workdir, STAGE)
-
-
-def fingerprint(config: ml_collections.ConfigDict) -> dict:
-  """What a student checkpoint must agree on to be resumed under `config`."""
+def fingerprint(config: ml_collections.ConfigDict, upstream: dict, data: sources.LinkingData,
+                total_steps: int) -> dict:
+  """What a student checkpoint must agree on to be resumed under `config`, including
+  the bi-encoder it started from and the cross-encoder that taught it."""
   d = config.distill
-  return {**train_biencoder.fingerprint(config), "distill.k": d.k, "alpha": d.alpha,
-          "temperature": d.temperature, "train_entity_tower": d.train_entity_tower,
-          "distill.global_batch": d.train.global_batch}
+  return {"model": config.model.to_dict(), "tokenizer": config.tokenizer,
+          "seed": config.seed, "data.max_context_len": config.data.max_context_len,
+          "data.max_entity_len": config.data.max_entity_len,
+          "data.train": retrieve.fingerprint_of(data.train.labels),
+          "distill.k": d.k, "alpha": d.alpha, "temperature": d.temperature,
+          "train_entity_tower": d.train_entity_tower,
+          "num_mentions": d.get("num_mentions", 0),
+          "distill.global_batch": d.train.global_batch, "total_steps": total_steps,
+          "optim": d.optim.to_dict(), "upstream": upstream}
 
 
 def make_optimizer(config: ml_collections.ConfigDict, params, total_steps: int):
@@ -68,7 +74,7 @@ def make_optimizer(config: ml_collections.ConfigDict, params, total_steps: int):
   return tx, schedule
 
 
-def make_loss_and_grads(fm: train_biencoder.Functional, *, alpha: float,
+def make_loss_and_grads(fm: biencoder_stage.Functional, *, alpha: float,
                         temperature: float):
   """(params, batch, key) -> ((loss, metrics), grads) of the student.
 
@@ -130,36 +136,22 @@ class StudentBatches(pipeline.Inputs):
     return out
 
 
-def teacher_scores(config, workdir: str, builder: pipeline.PairBuilder, name: str,
-                   mesh: Mesh) -> np.ndarray:
+def teacher_scores(workdir: str, teacher: load_lib.Trained, builder: pipeline.PairBuilder,
+                   name: str, mesh: Mesh) -> np.ndarray:
   """The cross-encoder's scores of `builder`'s candidates, computed once and stored."""
-  teacher, step = train_crossencoder.load_trained(config, workdir, mesh)
-  meta = {"crossencoder": index_lib.model_id(step, train_crossencoder.fingerprint(config)),
-          "candidates": candidates_lib.fingerprint_of(builder.candidate_ids,
-                                                      builder.mentions.labels)}
-  path = os.path.join(stage_dir(workdir), f"teacher_{name}.npz")
-  stored = candidates_lib.load_arrays(path, meta)
+  meta = {"crossencoder": teacher.identity,
+          "candidates": retrieve.fingerprint_of(builder.candidate_ids,
+                                                builder.mentions.labels)}
+  path = workdir_lib.teacher_path(workdir, name)
+  stored = workdir_lib.load_arrays(path, meta)
   if stored is not None:
     return stored["scores"]
   logging.info("Teacher: scoring %d mentions x %d candidates.", *builder.candidate_ids.shape)
-  scores = train_crossencoder.score_candidates(
-      teacher, builder, batch_size=config.cross.eval_batch_size, mesh=mesh,
+  scores = rerank.score_candidates(
+      teacher.model, builder, batch_size=teacher.config.cross.eval_batch_size, mesh=mesh,
       desc="teacher scores")
-  candidates_lib.save_arrays(path, {"scores": scores}, meta)
+  workdir_lib.save_arrays(path, {"scores": scores}, meta)
   return scores
-
-
-def load_trained(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None
-                 ) -> tuple[biencoder.BiEncoder, int]:
-  """The distilled student of WORKDIR/distill, and its step."""
-  mesh = mesh or sharding.make_mesh(config.get("mesh"))
-  tok = tokenization.Tokenizer.from_pretrained(bert_checkpoint.resolve(config.tokenizer))
-  model = biencoder.build(config.model, vocab_size=tok.vocab_size, seed=config.seed)
-  fm, params = train_biencoder.Functional.split(model)
-  tx, _ = make_optimizer(config, params, 1)
-  params, step = trainer.restore_params(stage_dir(workdir), params, tx, mesh,
-                                        fingerprint(config), "distilled bi-encoder")
-  return fm.module(params), step
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -177,7 +169,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   mesh = sharding.make_mesh(config.get("mesh"))
 
   # ------------------------------------- data, candidates, teacher scores
-  tok = tokenization.Tokenizer.from_pretrained(bert_checkpoint.resolve(config.tokenizer))
+  # The student is the trained bi-encoder, described by its own stored config.
+  student = load_lib.load(workdir, "biencoder", mesh)
+  teacher = load_lib.load(workdir, "crossencoder", mesh)
+  config = workdir_lib.inherit(config, student.config)
+  workdir_lib.save_config(workdir, STAGE, config)
+  tok = load_lib.tokenizer(config.tokenizer)
   data = data or sources.load(config, workdir)
   if not data.train:
     raise ValueError("Distillation needs training mentions (config.data).")
@@ -196,19 +193,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer.results(f"{STAGE}/train_mentions", {
       "mentions": len(data.train), "trained_on": len(kept),
       "dropped_gold_not_in_top_k": dropped, "k": k})
-  cc = config.cross
-  teacher = teacher_scores(config, workdir, pipeline.PairBuilder(
-      tok, data.entities, train, cand_ids, max_context_len=cc.max_context_len,
+  cc = teacher.config.cross
+  teacher_tok = load_lib.tokenizer(teacher.config.tokenizer)
+  scores = teacher_scores(workdir, teacher, pipeline.PairBuilder(
+      teacher_tok, data.entities, train, cand_ids, max_context_len=cc.max_context_len,
       max_entity_len=cc.max_entity_len), "train", mesh)
 
   # ---------------------------------------------------------------- model
-  # The student starts as the trained bi-encoder.
-  student, _ = train_biencoder.load_trained(config, workdir, mesh)
-  fm, params = train_biencoder.Functional.split(student)
+  fm, params = biencoder_stage.Functional.split(student.model)
   entity_emb = None
   if not dc.train_entity_tower:
-    entity_emb = evaluate.embed_entities(student, tok, data.entities, config, mesh)
-  batches = StudentBatches(tok, data.entities, train, cand_ids, teacher,
+    entity_emb = retrieve.catalogue(student.model, tok, data.entities, config, mesh,
+                                    model_id=student.identity).embeddings
+  batches = StudentBatches(tok, data.entities, train, cand_ids, scores,
                            max_context_len=config.data.max_context_len,
                            max_entity_len=config.data.max_entity_len, entity_emb=entity_emb)
   sampler = pipeline.StepSampler(len(train), tc.global_batch, config.seed)
@@ -228,8 +225,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       tx, schedule, config.seed), state_sh, mesh)
 
   # --------------------------------------------------- restore checkpoint
-  ckpt = ckpt_lib.Checkpointer(stage_dir(workdir), every=tc.checkpoint_every,
-                               keep=tc.keep_checkpoints, fingerprint=fingerprint(config))
+  fp = fingerprint(config, {"biencoder": student.identity, "crossencoder": teacher.identity},
+                   data, total_steps)
+  ckpt = ckpt_lib.Checkpointer(workdir_lib.checkpoint_dir(workdir, STAGE),
+                               every=tc.checkpoint_every, keep=tc.keep_checkpoints,
+                               fingerprint=fp)
   state, _ = trainer.restore(ckpt, state, state_sh, what="distillation",
                              total_steps=total_steps)
 
@@ -239,18 +239,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       batch=lambda step: batches(sampler.local_indices(step, my_rows)),
       total_steps=total_steps, mesh=mesh, ckpt=ckpt, writer=writer,
       tag=f"{STAGE}/train", log_every=tc.get("log_every", 50))
-  student = fm.module(state["params"])
+  model = fm.module(state["params"])
 
   # ----------------------------------------------------------- evaluation
   results = {}
   ks = list(config.eval.ks)
+  model_id = workdir_lib.identity(STAGE, total_steps, fp)
   for name, mentions in data.evals.items():
+    entities = data.entities_for(mentions)
     results[name] = evaluate.biencoder_report(
-        student, tok, data.entities_for(mentions), mentions, config, mesh,
-        normalize_k=int(config.cross.k))
+        model, tok, entities, mentions, config, mesh, normalize_k=int(config.cross.k),
+        catalogue=retrieve.catalogue(model, tok, entities, config, mesh, model_id=model_id))
     writer.results(f"{name}/distilled bi-encoder", results[name], total_steps)
     logging.info("%s distilled bi-encoder: %s", name, " ".join(
         f"R@{k_}={results[name][f'macro/recall@{k_}']:.3f}" for k_ in ks))
   writer.close()
   logging.info("Distillation done in %.0fs.", time.time() - t_start)
-  return {"model": student, "metrics": results}
+  return {"model": model, "metrics": results}

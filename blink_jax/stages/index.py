@@ -1,15 +1,18 @@
-"""--config.mode=index: build, grow or shrink the entity index of a trained model.
+"""Stage "index" (--config.mode=index): build, grow or shrink the final bi-encoder's index.
 
-  # Build WORKDIR/index from the latest checkpoint, over the data's catalogue
+Reads: the final bi-encoder (WORKDIR/distill if trained, else
+WORKDIR/biencoder: the one the linker starts from). Writes: WORKDIR/index/.
+
+  # Build WORKDIR/index from the final bi-encoder, over the data's catalogue
   # (or --config.index.entities=FILE.jsonl):
   python -m blink_jax.main --config=configs/demo.py --workdir=W --config.mode=index
   # Add entities (new ids are added, known ids replaced), delete others:
   ... --config.mode=index --config.index.add=new.jsonl --config.index.delete=17,42
 
 The catalogue is read and encoded in a stream, split over devices and
-processes (evaluate.encode). Adding or deleting loads the saved index, checks
-that the current checkpoint made it, changes it and saves it again: only the
-new entities are encoded.
+processes (inference.encode). Adding or deleting loads the saved index, checks
+that the current final bi-encoder made it, changes it and saves it again: only
+the new entities are encoded.
 """
 
 from __future__ import annotations
@@ -19,21 +22,15 @@ import time
 
 import jax
 import ml_collections
-import numpy as np
 from absl import logging
 
-from blink_jax import evaluate
 from blink_jax import index as index_lib
 from blink_jax import sharding
-from blink_jax import tokenization
-from blink_jax import train_biencoder
+from blink_jax import workdir as workdir_lib
 from blink_jax.data import jsonl
 from blink_jax.data import sources
-from blink_jax.models import bert_checkpoint
-
-
-def index_dir(config: ml_collections.ConfigDict, workdir: str) -> str:
-  return config.index.get("dir") or os.path.join(workdir, "index")
+from blink_jax.inference import encode
+from blink_jax.inference import load as load_lib
 
 
 def parse_ids(spec: str) -> list[int]:
@@ -59,10 +56,12 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> index_lib.Index:
   t0 = time.time()
   ic = config.index
   mesh = sharding.make_mesh(config.get("mesh"))
-  model, step = train_biencoder.load_trained(config, workdir, mesh)
-  model_key = index_lib.model_id(step, train_biencoder.fingerprint(config))
-  tok = tokenization.Tokenizer.from_pretrained(bert_checkpoint.resolve(config.tokenizer))
-  directory = index_dir(config, workdir)
+  trained = load_lib.final_biencoder(workdir, mesh)
+  model, model_key = trained.model, trained.identity
+  # Entities are read as the bi-encoder was trained to read them.
+  config = workdir_lib.inherit(config, trained.config)
+  tok = load_lib.tokenizer(config.tokenizer)
+  directory = workdir_lib.index_dir(config, workdir)
 
   if ic.get("add") or ic.get("delete"):
     index = index_lib.Index.load(directory, expect_model=model_key, mesh=mesh)
@@ -72,7 +71,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> index_lib.Index:
       logging.info("Deleted %d entities.", len(ids))
     if ic.get("add"):
       new = jsonl.open_entities(ic.add, skip_bad=config.data.get("skip_bad", False))
-      emb = evaluate.embed_entities(model, tok, new, config, mesh)
+      emb = encode.embed_entities(model, tok, new, config, mesh)
       records = list(new)
       index.add(emb, new.labels, [e.title for e in records], new.worlds)
       logging.info("Added %d entities from %s.", len(new), ic.add)
@@ -81,8 +80,9 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> index_lib.Index:
       entities = jsonl.open_entities(ic.entities, skip_bad=config.data.get("skip_bad", False))
     else:
       entities = sources.load(config, workdir).entities
-    logging.info("Encoding %d entities with the model of step %d.", len(entities), step)
-    emb = evaluate.embed_entities(model, tok, entities, config, mesh)
+    logging.info("Encoding %d entities with the %s of step %d.", len(entities),
+                 model_key["stage"], model_key["step"])
+    emb = encode.embed_entities(model, tok, entities, config, mesh)
     # Titles are kept for results; only process 0 writes them.
     titles = ([e.title for e in entities] if jax.process_index() == 0 else None)
     worlds = entities.worlds if set(entities.worlds) != {None} else None

@@ -1,12 +1,13 @@
-"""Cross-encoder training and re-ranking evaluation: BLINK's second stage.
+"""Stage "crossencoder": BLINK's second stage, trained on the stored candidates.
 
-Reads top to bottom: mesh -> data & candidates -> model -> shard & transfer
+Reads: WORKDIR/candidates (made by WORKDIR/biencoder). Writes:
+WORKDIR/crossencoder/{config.json, checkpoints/}. Reads top to bottom: mesh -> data & candidates -> model -> shard & transfer
 -> update step -> restore checkpoint -> train loop -> evaluation.
 `train_and_evaluate(config, workdir)` is the entry point
-(config.mode = "train_crossencoder"); the demo calls it too.
+(config.mode = "train_crossencoder"); the pipeline calls it too.
 
 Candidates are each mention's top `cross.k` entities by the trained
-bi-encoder (`candidates.py`: retrieved once through the index and stored).
+bi-encoder (`stages/candidates.py`: retrieved once and stored).
 The loss is a softmax over them. Training mentions whose gold entity is not
 among them are dropped, as in BLINK; how many is logged and written to
 metrics.json. Evaluation reports, per world with macro and micro averages:
@@ -16,49 +17,48 @@ accuracy (over all mentions) and the candidates' recall@k.
 A global batch of B mentions is B * K pair rows split evenly over every
 device and host, so one mention's K candidates may span devices; the loss
 reshapes the scores to [B, K] under jit and XLA gathers what it needs.
-Checkpoints go to WORKDIR/crossencoder/checkpoints.
 """
 
 from __future__ import annotations
 
-import os
 import time
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
-from jax.sharding import Mesh
 
-from blink_jax import candidates as candidates_lib
 from blink_jax import checkpoint as ckpt_lib
 from blink_jax import evaluate
 from blink_jax import losses
 from blink_jax import metric_writer
 from blink_jax import optim
 from blink_jax import sharding
-from blink_jax import tokenization
 from blink_jax import trainer
+from blink_jax import workdir as workdir_lib
 from blink_jax.data import pipeline
 from blink_jax.data import sources
 from blink_jax.data.jsonl import Mention
 from blink_jax.data.records import Records
-from blink_jax.models import bert_checkpoint
-from blink_jax.models import crossencoder
+from blink_jax.inference import load as load_lib
+from blink_jax.inference import rerank
+from blink_jax.inference import retrieve
+from blink_jax.stages import candidates as candidates_lib
 
 STAGE = "crossencoder"  # Sub-directory of the workdir, and metrics prefix.
 
 
-def stage_dir(workdir: str) -> str:
-  return os.path.join(workdir, STAGE)
-
-
-def fingerprint(config: ml_collections.ConfigDict) -> dict:
-  """What a cross-encoder checkpoint must agree on to be resumed under `config`."""
+def fingerprint(config: ml_collections.ConfigDict, workdir: str, data: sources.LinkingData,
+                total_steps: int) -> dict:
+  """What a cross-encoder checkpoint must agree on to be resumed under `config`,
+  including the candidates (hence the bi-encoder) it was trained on."""
   c = config.cross
-  return {"model": c.model.to_dict(), "tokenizer": config.tokenizer, "k": c.k,
-          "max_context_len": c.max_context_len, "max_entity_len": c.max_entity_len,
-          "global_batch": c.train.global_batch}
+  return {"model": c.model.to_dict(), "tokenizer": config.tokenizer, "seed": config.seed,
+          "k": c.k, "max_context_len": c.max_context_len,
+          "max_entity_len": c.max_entity_len, "global_batch": c.train.global_batch,
+          "total_steps": total_steps, "optim": c.optim.to_dict(),
+          "data.train": retrieve.fingerprint_of(data.train.labels),
+          "upstream": {"candidates": candidates_lib.identity(workdir, config)}}
 
 
 def make_loss_and_grads(fm: trainer.Functional, k: int):
@@ -72,56 +72,6 @@ def make_loss_and_grads(fm: trainer.Functional, k: int):
     return jax.value_and_grad(f, has_aux=True)(params)
 
   return loss_and_grads
-
-
-def score_candidates(model: crossencoder.CrossEncoder, builder: pipeline.PairBuilder,
-                     *, batch_size: int, mesh: Mesh | None = None,
-                     desc: str = "re-ranking") -> np.ndarray:
-  """Cross-encoder scores [N, K] of every mention with each of its candidates.
-
-  Pair rows stream through `evaluate.encode`: split over devices and
-  processes, each process tokenizing only its own. -inf where a candidate
-  list is padding.
-  """
-  n, k = builder.candidate_ids.shape
-
-  def tokenize(rows):
-    return builder.pairs(rows // k, rows % k)[0]
-
-  flat = evaluate.encode(model, tokenize, n * k, batch_size=batch_size, mesh=mesh,
-                         desc=desc, inputs=("ids", "mask", "segment_ids"))
-  scores = flat.reshape(n, k).astype(np.float32)
-  return np.where(builder.candidate_ids >= 0, scores, -np.inf)
-
-
-def rerank(cands: candidates_lib.Candidates, scores: np.ndarray) -> np.ndarray:
-  """Entity ids re-ordered by `scores` [N, K], then the rest of the stored list.
-
-  The first K ids are the re-ranked candidates (padding last); ids beyond K
-  keep the bi-encoder's order, so recall@k past K is the retriever's.
-  """
-  k = scores.shape[1]
-  order = np.argsort(-scores, axis=1, kind="stable")
-  head = np.take_along_axis(cands.ids[:, :k], order, axis=1)
-  return np.concatenate([head, cands.ids[:, k:]], axis=1)
-
-
-def build(config: ml_collections.ConfigDict, tok: tokenization.Tokenizer
-          ) -> crossencoder.CrossEncoder:
-  return crossencoder.build(config.cross.model, vocab_size=tok.vocab_size,
-                            seed=config.seed)
-
-
-def load_trained(config: ml_collections.ConfigDict, workdir: str, mesh: Mesh | None = None
-                 ) -> tuple[crossencoder.CrossEncoder, int]:
-  """The cross-encoder of the latest checkpoint in WORKDIR/crossencoder, and its step."""
-  mesh = mesh or sharding.make_mesh(config.get("mesh"))
-  tok = tokenization.Tokenizer.from_pretrained(bert_checkpoint.resolve(config.tokenizer))
-  fm, params = trainer.Functional.split(build(config, tok))
-  tx, _ = optim.make(config.cross.optim, 1)  # Only the state's shapes matter here.
-  params, step = trainer.restore_params(stage_dir(workdir), params, tx, mesh,
-                                        fingerprint(config), "cross-encoder")
-  return fm.module(params), step
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
@@ -143,18 +93,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                      f"rows must split evenly over the {mesh.size} devices.")
 
   # ------------------------------------------------ data and candidates
-  tok = tokenization.Tokenizer.from_pretrained(bert_checkpoint.resolve(config.tokenizer))
+  tok = load_lib.tokenizer(config.tokenizer)
   data = data or sources.load(config, workdir)
   sets = {"train": data.train, **data.evals} if data.train else dict(data.evals)
   cands = candidates_lib.for_sets(config, workdir, sets, data.entities_for, mesh)
 
-  def pair_builder(mentions: Records[Mention], c: candidates_lib.Candidates):
+  def pair_builder(mentions: Records[Mention], c: retrieve.Candidates):
     return pipeline.PairBuilder(tok, data.entities_for(mentions), mentions,
                                 c.top(k).ids, max_context_len=cc.max_context_len,
                                 max_entity_len=cc.max_entity_len)
 
   # ---------------------------------------------------------------- model
-  fm, params = trainer.Functional.split(build(config, tok))
+  workdir_lib.save_config(workdir, STAGE, config)
+  fm, params = trainer.Functional.split(load_lib.build(STAGE, config))
   state = None
   if data.train:
     found = cands["train"].top(k).gold_positions() >= 0
@@ -182,8 +133,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         state_sh, mesh)
 
     # ------------------------------------------------- restore checkpoint
-    ckpt = ckpt_lib.Checkpointer(stage_dir(workdir), every=tc.checkpoint_every,
-                                 keep=tc.keep_checkpoints, fingerprint=fingerprint(config))
+    ckpt = ckpt_lib.Checkpointer(workdir_lib.checkpoint_dir(workdir, STAGE),
+                                 every=tc.checkpoint_every, keep=tc.keep_checkpoints,
+                                 fingerprint=fingerprint(config, workdir, data, total_steps))
     state, _ = trainer.restore(ckpt, state, state_sh, what="cross-encoder",
                                total_steps=total_steps)
 
@@ -203,9 +155,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   ks = sorted(set(config.eval.ks) | {k})
   for name, mentions in data.evals.items():
     c = cands[name]
-    scores = score_candidates(model, pair_builder(mentions, c), mesh=mesh,
-                              batch_size=cc.eval_batch_size, desc=f"re-ranking {name}")
-    results[name] = evaluate.recall_report(rerank(c, scores), mentions, ks, normalize_k=k)
+    scores = rerank.score_candidates(model, pair_builder(mentions, c), mesh=mesh,
+                                     batch_size=cc.eval_batch_size,
+                                     desc=f"re-ranking {name}")
+    results[name] = evaluate.recall_report(rerank.rerank(c, scores), mentions, ks,
+                                           normalize_k=k)
     writer.results(f"{name}/bi-encoder + cross-encoder", results[name],
                    int(state["step"]) if state is not None else 0)
     r = results[name]

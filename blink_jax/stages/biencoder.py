@@ -1,9 +1,10 @@
-"""Bi-encoder training: global in-batch negatives, hard negatives, resume.
+"""Stage "biencoder": global in-batch negatives, hard negatives, resume.
 
+Reads: the data. Writes: WORKDIR/biencoder/{config.json, checkpoints/}.
 Reads top to bottom: mesh -> data -> model -> shard & transfer -> update step
 -> restore checkpoint -> train loop (with hard-negative mining at epoch
 boundaries) -> final evaluation. `train_and_evaluate(config, workdir)` is
-the entry point (config.mode = "train_biencoder"); the demo calls it too.
+the entry point (config.mode = "train_biencoder"); the pipeline calls it too.
 
 Negative pools beyond memory: with `train.grad_cache_chunks` = C > 1 the step
 uses gradient caching (Gao et al. 2021). It embeds the global batch in C
@@ -33,12 +34,16 @@ from blink_jax import losses
 from blink_jax import metric_writer
 from blink_jax import optim
 from blink_jax import sharding
-from blink_jax import tokenization
 from blink_jax import trainer
+from blink_jax import workdir as workdir_lib
 from blink_jax.data import pipeline
 from blink_jax.data import sources
-from blink_jax.models import bert_checkpoint
-from blink_jax.models import biencoder
+from blink_jax.data.jsonl import Entity, Mention
+from blink_jax.data.records import Records
+from blink_jax.inference import load as load_lib
+from blink_jax.inference import retrieve
+
+STAGE = "biencoder"
 
 
 # ------------------------------------------------------------------ the model
@@ -137,13 +142,41 @@ def make_train_step(fm: Functional, tx: optax.GradientTransformation,
   return trainer.make_train_step(make_loss_and_grads(fm, chunks, mesh), tx, schedule, seed)
 
 
-def fingerprint(config: ml_collections.ConfigDict) -> dict:
-  """What a checkpoint must agree on to be resumed under `config`."""
+def fingerprint(config: ml_collections.ConfigDict, data: sources.LinkingData,
+                total_steps: int) -> dict:
+  """What a checkpoint must agree on to be resumed under `config`: the model,
+  its inputs, the training data and schedule (a run of another length has
+  another learning-rate schedule)."""
   return {"model": config.model.to_dict(), "tokenizer": config.tokenizer,
+          "seed": config.seed,
           "data.max_context_len": config.data.max_context_len,
           "data.max_entity_len": config.data.max_entity_len,
+          "data.train": retrieve.fingerprint_of(data.train.labels),
+          "data.entities": retrieve.fingerprint_of(data.entities.labels),
           "train.global_batch": config.train.global_batch,
-          "hard_negatives.num": config.hard_negatives.num}
+          "train.total_steps": total_steps, "optim": config.optim.to_dict(),
+          "hard_negatives": config.hard_negatives.to_dict()}
+
+
+def hard_negatives(model, tok, entities: Records[Entity], mentions: Records[Mention],
+                   num: int, config, mesh=None) -> np.ndarray:
+  """The `num` highest-scoring wrong entities of each mention, within its world.
+
+  Returns [N, num] rows into `entities`, -1 where a world has too few.
+  """
+  ranked = retrieve.Catalogue(model, tok, entities, config, mesh).retrieve(mentions, num + 1)
+  return negatives_from_ranking(ranked.ids, entities, mentions, num)
+
+
+def negatives_from_ranking(ranked: np.ndarray, entities: Records[Entity],
+                           mentions: Records[Mention], num: int) -> np.ndarray:
+  """The first `num` non-gold entity ids of each ranking, as rows into `entities`."""
+  wrong = (ranked >= 0) & (ranked != mentions.labels[:, None])
+  # Stable sort of "is not wrong" moves the wrong ids to the front, in rank order.
+  order = np.argsort(~wrong, axis=1, kind="stable")[:, :num]
+  keep = np.take_along_axis(wrong, order, axis=1)
+  rows = entities.positions_of(np.take_along_axis(ranked, order, axis=1))
+  return np.where(keep, rows, -1)
 
 
 # ------------------------------------------------------------- the trainer
@@ -162,7 +195,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   logging.info("Mesh: %s", dict(mesh.shape))
 
   # ------------------------------------------------------- input pipeline
-  tok = tokenization.Tokenizer.from_pretrained(bert_checkpoint.resolve(config.tokenizer))
+  tok = load_lib.tokenizer(config.tokenizer)
   data = data or sources.load(config, workdir)
   builder = pipeline.BatchBuilder(
       tok, data.entities, data.train, max_context_len=config.data.max_context_len,
@@ -170,8 +203,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   tc = config.train
   if not data.train:
     logging.info("No training mentions: evaluating the initial model.")
-    model = biencoder.build(config.model, vocab_size=tok.vocab_size, seed=config.seed)
-    return _final_eval(model, tok, data, config, mesh, writer, 0, t_start)
+    return _final_eval(load_lib.build(STAGE, config), tok, data, config, mesh, writer, 0,
+                       None, t_start)
   sampler = pipeline.StepSampler(len(data.train), tc.global_batch, config.seed)
   my_rows = sharding.process_rows(mesh, tc.global_batch)  # This process's block.
   total_steps = tc.get("num_steps") or tc.num_epochs * sampler.steps_per_epoch
@@ -180,8 +213,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                sampler.steps_per_epoch)
 
   # ---------------------------------------------------------------- model
-  model = biencoder.build(config.model, vocab_size=tok.vocab_size, seed=config.seed)
-  fm, params = Functional.split(model)
+  workdir_lib.save_config(workdir, STAGE, config)
+  fm, params = Functional.split(load_lib.build(STAGE, config))
   tx, schedule = optim.make(config.optim, total_steps)
 
   # ---------------------------------------------------- shard & transfer
@@ -193,8 +226,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       state_sh, mesh)
 
   # --------------------------------------------------- restore checkpoint
-  ckpt = ckpt_lib.Checkpointer(workdir, every=tc.checkpoint_every,
-                               keep=tc.keep_checkpoints, fingerprint=fingerprint(config))
+  fp = fingerprint(config, data, total_steps)
+  ckpt = ckpt_lib.Checkpointer(workdir_lib.checkpoint_dir(workdir, STAGE),
+                               every=tc.checkpoint_every, keep=tc.keep_checkpoints,
+                               fingerprint=fp)
   hn = config.hard_negatives
   mined = {"epoch": -1, "rows": None}  # rows: [N, H] catalogue rows of hard negatives.
   state, meta = trainer.restore(ckpt, state, state_sh, what="bi-encoder",
@@ -211,8 +246,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     if hn.num and epoch >= hn.start_epoch and mined["epoch"] != epoch and (
         step % sampler.steps_per_epoch == 0 or mined["rows"] is None):
       logging.info("Mining %d hard negatives per mention (epoch %d).", hn.num, epoch)
-      mined["rows"] = evaluate.hard_negatives(fm.module(state["params"]), tok, data.entities,
-                                              data.train, hn.num, config, mesh)
+      mined["rows"] = hard_negatives(fm.module(state["params"]), tok, data.entities,
+                                     data.train, hn.num, config, mesh)
       mined["epoch"] = epoch
 
   def batch(step: int):
@@ -235,24 +270,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # --------------------------------------------------------- final eval
   return _final_eval(fm.module(state["params"]), tok, data, config, mesh, writer,
-                     total_steps, t_start)
+                     total_steps, workdir_lib.identity(STAGE, total_steps, fp), t_start)
 
 
-def load_trained(config: ml_collections.ConfigDict, workdir: str,
-                 mesh=None) -> tuple[biencoder.BiEncoder, int]:
-  """The bi-encoder of the latest checkpoint in `workdir`, and its step."""
-  mesh = mesh or sharding.make_mesh(config.get("mesh"))
-  tok_vocab = tokenization.Tokenizer.from_pretrained(
-      bert_checkpoint.resolve(config.tokenizer)).vocab_size
-  model = biencoder.build(config.model, vocab_size=tok_vocab, seed=config.seed)
-  fm, params = Functional.split(model)
-  tx, _ = optim.make(config.optim, 1)  # Only the state's shapes matter here.
-  params, step = trainer.restore_params(workdir, params, tx, mesh, fingerprint(config),
-                                        "bi-encoder (--config.mode=train_biencoder)")
-  return fm.module(params), step
-
-
-def _final_eval(model, tok, data, config, mesh, writer, step, t_start) -> dict:
+def _final_eval(model, tok, data, config, mesh, writer, step, model_id, t_start) -> dict:
   results, baselines = {}, {}
   ks = list(config.eval.ks)
   # Accuracies over the candidates the cross-encoder will re-rank, so every
@@ -263,9 +284,10 @@ def _final_eval(model, tok, data, config, mesh, writer, step, t_start) -> dict:
     entities = data.entities_for(mentions)
     key = entities.labels.tobytes()
     if key not in catalogues:
-      catalogues[key] = evaluate.embed_entities(model, tok, entities, config, mesh)
+      catalogues[key] = retrieve.catalogue(model, tok, entities, config, mesh,
+                                           model_id=model_id)
     results[name] = evaluate.biencoder_report(model, tok, entities, mentions, config,
-                                              mesh, entity_emb=catalogues[key],
+                                              mesh, catalogue=catalogues[key],
                                               normalize_k=norm_k)
     writer.results(f"{name}/bi-encoder", results[name], step)
     summary = {"bi-encoder": results[name]}

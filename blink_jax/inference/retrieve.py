@@ -1,0 +1,117 @@
+"""Dense retrieval: a catalogue embedded once per model, exact top-k per world.
+
+    cat = retrieve.catalogue(model, tok, entities, config, mesh, model_id=identity)
+    cands = cat.retrieve(mentions, k)          # Candidates: ids, scores, labels
+
+Every path that ranks entities for mentions goes through here: evaluation
+(recall@k), hard-negative mining, the stored candidates of the cross-encoder
+and distillation, the linker's training examples. Zeshel-style data ranks
+each mention within its own world. A catalogue embedded by a trained model
+(known by its identity) is kept for the rest of the process, so evaluation
+sets, stages and mining share one encode of it.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+
+import numpy as np
+from jax.sharding import Mesh
+
+from blink_jax import index as index_lib
+from blink_jax import tokenization
+from blink_jax import workdir as workdir_lib
+from blink_jax.data.jsonl import Entity, Mention
+from blink_jax.data.records import Records
+from blink_jax.inference import encode
+
+_CACHE_SIZE = 2  # Embedded catalogues kept per process (each holds an index).
+_cache: collections.OrderedDict = collections.OrderedDict()
+
+
+def fingerprint_of(*arrays: np.ndarray) -> str:
+  """A short digest of arrays (e.g. a mention set's labels)."""
+  h = hashlib.sha256()
+  for a in arrays:
+    a = np.ascontiguousarray(a)
+    h.update(str((a.dtype, a.shape)).encode())
+    h.update(a.tobytes())
+  return h.hexdigest()[:16]
+
+
+@dataclasses.dataclass(frozen=True)
+class Candidates:
+  """Ranked candidate entities of N mentions.
+
+  ids: [N, K] entity ids, best first; -1 pads lists shorter than K (a
+    world with fewer entities).
+  scores: [N, K] float32 scores (-inf on padding).
+  labels: [N] gold entity ids (-1: NIL).
+  """
+
+  ids: np.ndarray
+  scores: np.ndarray
+  labels: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def top(self, k: int) -> "Candidates":
+    if k > self.ids.shape[1]:
+      raise ValueError(f"{k} candidates asked for, {self.ids.shape[1]} stored: "
+                       "raise config.candidates.k.")
+    return Candidates(self.ids[:, :k], self.scores[:, :k], self.labels)
+
+  def gold_positions(self) -> np.ndarray:
+    """[N] column of each mention's gold entity, -1 where it was not retrieved."""
+    hit = (self.ids == self.labels[:, None]) & (self.labels[:, None] >= 0)
+    return np.where(hit.any(1), hit.argmax(1), -1)
+
+
+class Catalogue:
+  """A model's embeddings of a catalogue, in an exact index over all devices."""
+
+  def __init__(self, model, tok: tokenization.Tokenizer, entities: Records[Entity],
+               config, mesh: Mesh | None = None, embeddings: np.ndarray | None = None):
+    self.model, self.tok, self.entities = model, tok, entities
+    self.config, self.mesh = config, mesh
+    self.embeddings = (encode.embed_entities(model, tok, entities, config, mesh)
+                       if embeddings is None else embeddings)
+    self.index = index_lib.Index.build(self.embeddings, entities.labels, None,
+                                       entities.worlds, backend="exact", mesh=mesh)
+
+  def search(self, queries: np.ndarray, worlds, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores [N, k], entity ids [N, k]) of query embeddings, within `worlds` if given."""
+    if worlds is not None and set(worlds) <= {None}:
+      worlds = None
+    return self.index.search(queries, k, None if worlds is None else list(worlds))
+
+  def retrieve(self, mentions: Records[Mention], k: int) -> Candidates:
+    """Each mention's top k (within its world) by the model."""
+    q = encode.embed_mentions(self.model, self.tok, mentions, self.config, self.mesh)
+    scores, ids = self.search(q, mentions.worlds, k)
+    return Candidates(ids=ids.astype(np.int64), scores=scores.astype(np.float32),
+                      labels=mentions.labels.astype(np.int64))
+
+
+def catalogue(model, tok: tokenization.Tokenizer, entities: Records[Entity], config,
+              mesh: Mesh | None = None, *, model_id: dict | None = None) -> Catalogue:
+  """`Catalogue(...)`, reused within the process when `model_id` names a trained model.
+
+  The key is the model's identity, the catalogue's ids and the entity length:
+  what the embeddings depend on. An untrained model (no id) is never cached.
+  """
+  if model_id is None:
+    return Catalogue(model, tok, entities, config, mesh)
+  key = workdir_lib.digest([model_id, fingerprint_of(entities.labels),
+                            config.data.max_entity_len])
+  if key in _cache:
+    _cache.move_to_end(key)
+    return _cache[key]
+  cat = Catalogue(model, tok, entities, config, mesh)
+  _cache[key] = cat
+  while len(_cache) > _CACHE_SIZE:
+    _cache.popitem(last=False)
+  return cat
