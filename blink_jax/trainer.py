@@ -84,10 +84,12 @@ def restore(ckpt: ckpt_lib.Checkpointer, state: dict, state_sh: dict, *, what: s
   state, meta = restored
   step = int(state["step"])
   if step > total_steps:
-    # A run asked for fewer steps than its checkpoint has: the fingerprint
-    # holds the step count, so this only happens through a stale fingerprint.
+    # Extending a run is resuming; shortening it would silently hand on a
+    # model trained longer than asked for.
     raise ckpt_lib.CheckpointConfigError(
-        f"{what}: the checkpoint is at step {step}, past the {total_steps} steps asked for.")
+        f"{what}: the checkpoint in {ckpt.directory} is at step {step}, past the "
+        f"{total_steps} steps asked for. Ask for at least {step} steps, use a new "
+        "--workdir, or delete the stage's directory to retrain.")
   logging.info("Resuming at step %d of %d (%s).", step, total_steps, what)
   return state, meta
 

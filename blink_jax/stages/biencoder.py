@@ -142,11 +142,10 @@ def make_train_step(fm: Functional, tx: optax.GradientTransformation,
   return trainer.make_train_step(make_loss_and_grads(fm, chunks, mesh), tx, schedule, seed)
 
 
-def fingerprint(config: ml_collections.ConfigDict, data: sources.LinkingData,
-                total_steps: int) -> dict:
+def fingerprint(config: ml_collections.ConfigDict, data: sources.LinkingData) -> dict:
   """What a checkpoint must agree on to be resumed under `config`: the model,
-  its inputs, the training data and schedule (a run of another length has
-  another learning-rate schedule)."""
+  its inputs, the training data and the optimizer. The step count is not in it:
+  a run may be extended (its identity's step changes), never shortened."""
   return {"model": config.model.to_dict(), "tokenizer": config.tokenizer,
           "seed": config.seed,
           "data.max_context_len": config.data.max_context_len,
@@ -154,7 +153,7 @@ def fingerprint(config: ml_collections.ConfigDict, data: sources.LinkingData,
           "data.train": retrieve.fingerprint_of(data.train.labels),
           "data.entities": retrieve.fingerprint_of(data.entities.labels),
           "train.global_batch": config.train.global_batch,
-          "train.total_steps": total_steps, "optim": config.optim.to_dict(),
+          "optim": config.optim.to_dict(),
           "hard_negatives": config.hard_negatives.to_dict()}
 
 
@@ -226,7 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       state_sh, mesh)
 
   # --------------------------------------------------- restore checkpoint
-  fp = fingerprint(config, data, total_steps)
+  fp = fingerprint(config, data)
   ckpt = ckpt_lib.Checkpointer(workdir_lib.checkpoint_dir(workdir, STAGE),
                                every=tc.checkpoint_every, keep=tc.keep_checkpoints,
                                fingerprint=fp)

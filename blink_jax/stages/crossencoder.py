@@ -48,15 +48,15 @@ from blink_jax.stages import candidates as candidates_lib
 STAGE = "crossencoder"  # Sub-directory of the workdir, and metrics prefix.
 
 
-def fingerprint(config: ml_collections.ConfigDict, workdir: str, data: sources.LinkingData,
-                total_steps: int) -> dict:
+def fingerprint(config: ml_collections.ConfigDict, workdir: str,
+                data: sources.LinkingData) -> dict:
   """What a cross-encoder checkpoint must agree on to be resumed under `config`,
   including the candidates (hence the bi-encoder) it was trained on."""
   c = config.cross
   return {"model": c.model.to_dict(), "tokenizer": config.tokenizer, "seed": config.seed,
           "k": c.k, "max_context_len": c.max_context_len,
           "max_entity_len": c.max_entity_len, "global_batch": c.train.global_batch,
-          "total_steps": total_steps, "optim": c.optim.to_dict(),
+          "optim": c.optim.to_dict(),
           "data.train": retrieve.fingerprint_of(data.train.labels),
           "upstream": {"candidates": candidates_lib.identity(workdir, config)}}
 
@@ -135,7 +135,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # ------------------------------------------------- restore checkpoint
     ckpt = ckpt_lib.Checkpointer(workdir_lib.checkpoint_dir(workdir, STAGE),
                                  every=tc.checkpoint_every, keep=tc.keep_checkpoints,
-                                 fingerprint=fingerprint(config, workdir, data, total_steps))
+                                 fingerprint=fingerprint(config, workdir, data))
     state, _ = trainer.restore(ckpt, state, state_sh, what="cross-encoder",
                                total_steps=total_steps)
 

@@ -51,8 +51,8 @@ from blink_jax.stages import candidates as candidates_lib
 STAGE = "distill"
 
 
-def fingerprint(config: ml_collections.ConfigDict, upstream: dict, data: sources.LinkingData,
-                total_steps: int) -> dict:
+def fingerprint(config: ml_collections.ConfigDict, upstream: dict,
+                data: sources.LinkingData) -> dict:
   """What a student checkpoint must agree on to be resumed under `config`, including
   the bi-encoder it started from and the cross-encoder that taught it."""
   d = config.distill
@@ -63,7 +63,7 @@ def fingerprint(config: ml_collections.ConfigDict, upstream: dict, data: sources
           "distill.k": d.k, "alpha": d.alpha, "temperature": d.temperature,
           "train_entity_tower": d.train_entity_tower,
           "num_mentions": d.get("num_mentions", 0),
-          "distill.global_batch": d.train.global_batch, "total_steps": total_steps,
+          "distill.global_batch": d.train.global_batch,
           "optim": d.optim.to_dict(), "upstream": upstream}
 
 
@@ -226,7 +226,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # --------------------------------------------------- restore checkpoint
   fp = fingerprint(config, {"biencoder": student.identity, "crossencoder": teacher.identity},
-                   data, total_steps)
+                   data)
   ckpt = ckpt_lib.Checkpointer(workdir_lib.checkpoint_dir(workdir, STAGE),
                                every=tc.checkpoint_every, keep=tc.keep_checkpoints,
                                fingerprint=fp)

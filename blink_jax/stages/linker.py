@@ -61,8 +61,8 @@ from blink_jax.models import mention_detection
 STAGE = "linker"
 
 
-def fingerprint(config: ml_collections.ConfigDict, upstream: dict, num_documents: int,
-                total_steps: int) -> dict:
+def fingerprint(config: ml_collections.ConfigDict, upstream: dict,
+                num_documents: int) -> dict:
   """What a linker checkpoint must agree on to be resumed under `config`, including
   the bi-encoder it started from."""
   lc = config.linker
@@ -73,7 +73,7 @@ def fingerprint(config: ml_collections.ConfigDict, upstream: dict, num_documents
           "linker.global_batch": lc.train.global_batch,
           "linker.mention_batch": lc.train.mention_batch,
           "linker.link_weight": lc.link_weight, "linker.documents": num_documents,
-          "total_steps": total_steps, "optim": lc.optim.to_dict(), "upstream": upstream}
+          "optim": lc.optim.to_dict(), "upstream": upstream}
 
 
 def make_optimizer(config: ml_collections.ConfigDict, params, total_steps: int):
@@ -221,7 +221,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # --------------------------------------------------- restore checkpoint
   fp = fingerprint(config, {student.identity["stage"]: student.identity},
-                   len(data.train_documents), total_steps)
+                   len(data.train_documents))
   ckpt = ckpt_lib.Checkpointer(workdir_lib.checkpoint_dir(workdir, STAGE),
                                every=tc.checkpoint_every, keep=tc.keep_checkpoints,
                                fingerprint=fp)
