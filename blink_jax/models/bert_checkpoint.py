@@ -176,6 +176,23 @@ def load_into(model: bert.Bert, tensors: Mapping[str, np.ndarray]) -> None:
   nnx.update(model, nnx.from_flat_state(new))
 
 
+def pretrained_config(path_or_hub_id: str | os.PathLike, *,
+                      first_layers: int | None = None,
+                      **config_overrides) -> bert.BertConfig:
+  """The config `load_pretrained` builds, from config.json alone (no weights).
+
+  Cheap enough to describe a run before it loads anything (the config dump).
+  """
+  directory = resolve(path_or_hub_id)
+  cfg = bert.BertConfig.from_hf_config(directory, **config_overrides)
+  if first_layers:
+    if first_layers > cfg.num_layers:
+      raise CheckpointMismatchError(
+          f"first_layers={first_layers} but {directory} has {cfg.num_layers} layers.")
+    cfg = dataclasses.replace(cfg, num_layers=first_layers)
+  return cfg
+
+
 def load_pretrained(path_or_hub_id: str | os.PathLike, *, seed: int = 0,
                     first_layers: int | None = None,
                     **config_overrides) -> bert.Bert:
@@ -188,13 +205,9 @@ def load_pretrained(path_or_hub_id: str | os.PathLike, *, seed: int = 0,
   encoder that still starts from pretrained embeddings and lower layers).
   """
   directory = resolve(path_or_hub_id)
-  cfg = bert.BertConfig.from_hf_config(directory, **config_overrides)
+  cfg = pretrained_config(directory, first_layers=first_layers, **config_overrides)
   tensors = read_tensors(directory)
   if first_layers:
-    if first_layers > cfg.num_layers:
-      raise CheckpointMismatchError(
-          f"first_layers={first_layers} but {directory} has {cfg.num_layers} layers.")
-    cfg = dataclasses.replace(cfg, num_layers=first_layers)
     tensors = {k: v for k, v in _strip_prefix(tensors).items()
                if not k.startswith("encoder.layer.")
                or int(k.split(".")[2]) < first_layers}
