@@ -16,11 +16,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
-from tqdm.auto import tqdm
 
 from blink_jax import bm25
 from blink_jax import index as index_lib
 from blink_jax import metrics
+from blink_jax import progress
 from blink_jax import sharding
 from blink_jax import tokenization
 from blink_jax.data.jsonl import Entity, Mention
@@ -28,12 +28,6 @@ from blink_jax.data.records import Records
 
 EmbedFn = Callable[[np.ndarray, np.ndarray], jax.Array]
 ALL = "all"  # The group name of data without worlds.
-
-
-def progress(total: int, *, desc: str, initial: int = 0) -> tqdm:
-  """The progress bar of long loops; silent on every process but 0."""
-  return tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True,
-              disable=jax.process_index() != 0)
 
 
 def tower_fn(tower: nnx.Module, mesh: Mesh) -> Callable[..., jax.Array]:
@@ -76,8 +70,7 @@ def encode(tower: nnx.Module, tokenize: Callable[[np.ndarray], tokenization.Toke
   embed = tower_fn(tower, mesh) if isinstance(tower, nnx.Module) else tower
   batch_size = -(-batch_size // mesh.size) * mesh.size
   chunks = []
-  for start in tqdm(range(0, n, batch_size), desc=desc, unit="batch",
-                    disable=jax.process_index() != 0, leave=False):
+  for start in progress.bar(range(0, n, batch_size), desc=desc, unit="batch"):
     size = min(batch_size, mesh.size * _next_pow2(-(-(n - start) // mesh.size)))
     mine = sharding.process_rows(mesh, size)
     per = mine.stop - mine.start

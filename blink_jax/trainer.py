@@ -26,8 +26,8 @@ from absl import logging
 from flax import nnx
 
 from blink_jax import checkpoint as ckpt_lib
-from blink_jax import evaluate
 from blink_jax import metric_writer
+from blink_jax import progress as progress_lib
 from blink_jax import sharding
 
 # (params, batch, key) -> ((loss, metrics), grads)
@@ -155,7 +155,7 @@ def train_loop(*, state: dict, train_step, batch: Callable[[int], Mapping[str, n
   step = int(state["step"])
   pending = []
   t_log = time.time()
-  progress = evaluate.progress(total_steps, initial=step, desc=tag)
+  progress = progress_lib.progress(total_steps, initial=step, desc=tag)
   try:
     while step < total_steps:
       if before_step is not None:
