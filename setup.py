@@ -44,7 +44,10 @@ setuptools.setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.11",
-    packages=setuptools.find_packages(include=["blink_jax", "blink_jax.*"]),
+    # `configs` is installed too: configs import each other (`from configs
+    # import base`), which must work from any directory and for a config
+    # given by an absolute path.
+    packages=setuptools.find_packages(include=["blink_jax", "blink_jax.*", "configs"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
 )

@@ -46,13 +46,24 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
   return out
 
 
+# The directory holding `blink_jax/` and `configs/`: the repository in a
+# checkout or an editable install, site-packages otherwise.
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def load(spec: str) -> ml_collections.ConfigDict:
   """The config of "configs/demo.py:runlocal" (a file, then an optional arg), as
-  --config=... gives it, for notebooks and scripts that do not use absl flags."""
+  --config=... gives it, for notebooks and scripts that do not use absl flags.
+
+  A relative path not found from the cwd is taken from the repository root,
+  so "configs/demo.py" works from any directory (a notebook's, say).
+  """
   path, _, arg = spec.partition(":")
+  if not os.path.exists(path) and not os.path.isabs(path):
+    path = os.path.join(ROOT, path)
   if not os.path.exists(path):
-    raise FileNotFoundError(f"No config file {path!r} (relative paths start at the "
-                            "repository root).")
+    raise FileNotFoundError(f"No config file {spec.partition(':')[0]!r} from the cwd "
+                            f"or {ROOT}.")
   module_spec = importlib.util.spec_from_file_location(
       "config_" + os.path.basename(path).removesuffix(".py"), path)
   module = importlib.util.module_from_spec(module_spec)

@@ -36,8 +36,7 @@ import os
 from collections.abc import Iterator
 from typing import Any, Callable
 
-from tqdm.auto import tqdm
-
+from blink_jax import progress as progress_lib
 # _field is jsonl's field check: reusing it keeps the reasons ("missing_field", "bad_field")
 # and messages the same as every other reader's.
 from blink_jax.data.jsonl import LineError, PathLike, _field, decode_line
@@ -174,8 +173,8 @@ def stream(input_path: PathLike, output_path: PathLike, link_batch: LinkBatch, *
                              "lines": lines, "output_bytes": out_bytes, "linked": stats.linked,
                              "reasons": dict(stats.reasons)})
 
-  bar = tqdm(total=fingerprint["input_size"], initial=offset, desc="linking", unit="B",
-             unit_scale=True, dynamic_ncols=True, disable=not progress)
+  bar = progress_lib.progress(fingerprint["input_size"], initial=offset, desc="linking",
+                             unit="B", unit_scale=True, disable=not progress)
   # closing(): an exception from link_batch must not leave the input open until GC.
   with (open(partial, "r+b" if why_not is None else "wb") as out, bar,
         contextlib.closing(_lines(input_path, text_field, offset, lines, stats)) as lines_iter):

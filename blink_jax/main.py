@@ -12,6 +12,8 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from blink_jax.models import bert_checkpoint
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
     "config", None, "Config file, e.g. configs/demo.py or configs/demo.py:runlocal.",
@@ -70,7 +72,7 @@ def main(argv):
   logging.info("JAX: process %d/%d, %d local / %d global devices (%s).",
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.devices()[0].platform)
-  logging.info("Config:\n%s", FLAGS.config)
+  logging.info("Config:\n%s", bert_checkpoint.describe(FLAGS.config))
   run(FLAGS.config, FLAGS.workdir)
 
 

@@ -7,9 +7,11 @@ atomically, so a reader (or a killed run) never sees half a file.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import re
 from typing import Any, Mapping
 
 import jax
@@ -24,6 +26,25 @@ def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
       out[name] = float(value)
   return out
+
+
+_LEGAL_TAG = re.compile(r"[A-Za-z0-9_.\-][A-Za-z0-9_./\-]*")
+_ILLEGAL_RUN = re.compile(r"[^A-Za-z0-9_./\-]+")
+
+
+def tensorboard_tag(name: str) -> str:
+  """`name` with only the characters TensorBoard allows in a tag, [A-Za-z0-9_./-].
+
+  tensorboardX would otherwise log "Summary name ... is illegal" and turn each
+  bad character into "_", so "a b" and "a+b" land in one series. Legal names
+  pass unchanged; "@" and "+" keep their meaning ("recall@1" -> "recall_at_1",
+  "bi-encoder + cross-encoder" -> "bi-encoder_plus_cross-encoder").
+  """
+  if _LEGAL_TAG.fullmatch(name):
+    return name
+  tag = re.sub(r"\s*@\s*", "_at_", name)
+  tag = re.sub(r"\s*\+\s*", "_plus_", tag)
+  return _ILLEGAL_RUN.sub("_", tag).lstrip("/") or "_"
 
 
 def _jsonable(x):
@@ -54,6 +75,7 @@ class MetricWriter:
     self.workdir = workdir
     self.active = jax.process_index() == 0
     self._tb = None
+    self._tag_names: dict[str, str] = {}  # TensorBoard tag -> the name it shows.
     if self.active:
       os.makedirs(workdir, exist_ok=True)
 
@@ -70,11 +92,18 @@ class MetricWriter:
     flat = _flatten(values)
     board = self._board()
     for name, v in flat.items():
-      # TensorBoard tags allow [A-Za-z0-9_./-]; "recall@1" -> "recall_at_1".
-      board.add_scalar(name.replace("@", "_at_"), v, step)
+      board.add_scalar(self._tag(name), v, step)
     board.flush()
     with open(os.path.join(self.workdir, "metrics.jsonl"), "a", encoding="utf-8") as f:
       f.write(json.dumps(_jsonable({"step": step, **flat})) + "\n")
+
+  def _tag(self, name: str) -> str:
+    # Two names that sanitize alike ("a b", "a_b") must not share a series:
+    # the later one gets a suffix fixed by its own name.
+    tag = tensorboard_tag(name)
+    if self._tag_names.setdefault(tag, name) != name:
+      tag = f"{tag}_{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return tag
 
   def results(self, section: str, values: Mapping[str, Any], step: int = 0) -> None:
     """Stores `values` under `section` in metrics.json and logs its scalars."""

@@ -39,7 +39,10 @@ def make(cfg: ml_collections.ConfigDict, total_steps: int
   """The optimizer of `config.optim` for a run of `total_steps` train steps.
 
   With `grad_accum_steps` = k, gradients of k consecutive steps are averaged
-  before one update, so the schedule counts total_steps // k updates.
+  before one update, so the optimizer's schedule counts total_steps // k
+  updates. The schedule returned beside it is indexed by *train step*: it
+  gives the lr of the update that step contributes to, so a trainer that logs
+  `schedule(step)` logs the lr actually applied, not one running k times fast.
   """
   accum = int(cfg.get("grad_accum_steps", 1))
   schedule = learning_rate(cfg, max(total_steps // accum, 1))
@@ -48,9 +51,10 @@ def make(cfg: ml_collections.ConfigDict, total_steps: int
       optax.adamw(schedule, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999),
                   eps=cfg.get("eps", 1e-8), weight_decay=cfg.weight_decay,
                   mask=decay_mask))
-  if accum > 1:
-    tx = optax.MultiSteps(tx, every_k_schedule=accum)
-  return tx, schedule
+  if accum == 1:
+    return tx, schedule
+  tx = optax.MultiSteps(tx, every_k_schedule=accum)
+  return tx, lambda step: schedule(step // accum)
 
 
 def freeze(tx: optax.GradientTransformation, params: Any, frozen_prefix: str

@@ -9,7 +9,7 @@ import sys
 
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:
-  sys.path.insert(0, _REPO)  # `configs` is a top-level folder, not installed.
+  sys.path.insert(0, _REPO)  # This checkout's `configs`, wherever the venv's install points.
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_force_host_platform_device_count=8").strip()

@@ -12,12 +12,14 @@ the tensor and both shapes, instead of failing somewhere inside XLA.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import json
 import os
 from typing import Mapping
 
+import ml_collections
 import numpy as np
 from absl import logging
 from flax import nnx
@@ -176,6 +178,23 @@ def load_into(model: bert.Bert, tensors: Mapping[str, np.ndarray]) -> None:
   nnx.update(model, nnx.from_flat_state(new))
 
 
+def pretrained_config(path_or_hub_id: str | os.PathLike, *,
+                      first_layers: int | None = None,
+                      **config_overrides) -> bert.BertConfig:
+  """The config `load_pretrained` builds, from config.json alone (no weights).
+
+  Cheap enough to describe a run before it loads anything (the config dump).
+  """
+  directory = resolve(path_or_hub_id)
+  cfg = bert.BertConfig.from_hf_config(directory, **config_overrides)
+  if first_layers:
+    if first_layers > cfg.num_layers:
+      raise CheckpointMismatchError(
+          f"first_layers={first_layers} but {directory} has {cfg.num_layers} layers.")
+    cfg = dataclasses.replace(cfg, num_layers=first_layers)
+  return cfg
+
+
 def load_pretrained(path_or_hub_id: str | os.PathLike, *, seed: int = 0,
                     first_layers: int | None = None,
                     **config_overrides) -> bert.Bert:
@@ -188,13 +207,9 @@ def load_pretrained(path_or_hub_id: str | os.PathLike, *, seed: int = 0,
   encoder that still starts from pretrained embeddings and lower layers).
   """
   directory = resolve(path_or_hub_id)
-  cfg = bert.BertConfig.from_hf_config(directory, **config_overrides)
+  cfg = pretrained_config(directory, first_layers=first_layers, **config_overrides)
   tensors = read_tensors(directory)
   if first_layers:
-    if first_layers > cfg.num_layers:
-      raise CheckpointMismatchError(
-          f"first_layers={first_layers} but {directory} has {cfg.num_layers} layers.")
-    cfg = dataclasses.replace(cfg, num_layers=first_layers)
     tensors = {k: v for k, v in _strip_prefix(tensors).items()
                if not k.startswith("encoder.layer.")
                or int(k.split(".")[2]) < first_layers}
@@ -211,9 +226,8 @@ def encoder_config(model_cfg, vocab_size: int) -> bert.BertConfig:
   """
   overrides = dict(model_cfg.get("bert_overrides", {}))
   if model_cfg.get("init_from"):
-    cfg = bert.BertConfig.from_hf_config(resolve(model_cfg.init_from), **overrides)
-    n = model_cfg.get("init_num_layers") or 0
-    return dataclasses.replace(cfg, num_layers=n) if n else cfg
+    return pretrained_config(model_cfg.init_from,
+                             first_layers=model_cfg.get("init_num_layers") or None, **overrides)
   fields = {**dict(model_cfg.bert), **overrides}
   fields.setdefault("vocab_size", vocab_size)
   return bert.BertConfig(**fields)
@@ -235,3 +249,37 @@ def build_encoder(model_cfg, vocab_size: int, seed: int = 0, *,
                            first_layers=model_cfg.get("init_num_layers") or None,
                            **dict(model_cfg.get("bert_overrides", {})))
   return bert.Bert(encoder_config(model_cfg, vocab_size), rngs=bert.make_rngs(seed))
+
+
+def describe(config: ml_collections.ConfigDict) -> str:
+  """The config as text for the run's log, with each BERT's effective shape.
+
+  A block with `init_from` takes its shape from the checkpoint (cut to
+  `init_num_layers`), not from its `bert` entry, which keeps base.py's
+  random-init defaults. We print the shape the run really has rather than
+  mark `bert` as unused: a reader compares runs by the logged width and depth.
+  Only the checkpoint's config.json is read. `config` itself is not changed.
+  """
+  shown = copy.deepcopy(config)
+  shown.unlock()
+  _show_checkpoint_shapes(shown)
+  return str(shown)
+
+
+def _show_checkpoint_shapes(block: ml_collections.ConfigDict) -> None:
+  for value in block.values():
+    if isinstance(value, ml_collections.ConfigDict):
+      _show_checkpoint_shapes(value)
+  if not (block.get("init_from") and "bert" in block):
+    return
+  try:
+    cfg = pretrained_config(
+        block.init_from, first_layers=block.get("init_num_layers") or None,
+        **dict(block.get("bert_overrides", {})))
+  except (OSError, ImportError, ValueError) as e:
+    # The run itself reports this when it loads the checkpoint; the dump
+    # only says that `bert` is not what the run uses.
+    block.bert = ml_collections.ConfigDict(
+        {"unused": f"taken from init_from={block.init_from!r} ({e})"})
+    return
+  block.bert = ml_collections.ConfigDict({k: getattr(cfg, k, v) for k, v in block.bert.items()})
