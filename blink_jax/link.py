@@ -99,7 +99,9 @@ def main(argv):
     report = evaluate_output(FLAGS.output)
     name = os.path.basename(FLAGS.input).split(".")[0]
     writer = metric_writer.MetricWriter(FLAGS.workdir)
-    writer.results(f"{name}/linker {FLAGS.mode}", report)
+    # The CLI's own section: it never overwrites a stage's report on a set of
+    # the same name (the demo's "test/linker fast").
+    writer.results(f"link/{name}/{FLAGS.mode}", report)
     writer.close()
     print(f"{name} ({report['documents']} documents, {FLAGS.mode} mode): "
           f"mention F1 {report['mention_detection/strong/f1']:.3f} "

@@ -92,7 +92,10 @@ class MetricWriter:
     flat = _flatten(values)
     board = self._board()
     for name, v in flat.items():
-      board.add_scalar(self._tag(name), v, step)
+      # TensorBoard has no use for an infinite scalar (a "never NIL" threshold
+      # of -inf) and warns on each; metrics.jsonl keeps it, as null.
+      if math.isfinite(v):
+        board.add_scalar(self._tag(name), v, step)
     board.flush()
     with open(os.path.join(self.workdir, "metrics.jsonl"), "a", encoding="utf-8") as f:
       f.write(json.dumps(_jsonable({"step": step, **flat})) + "\n")

@@ -271,7 +271,10 @@ def test_cli_links_a_jsonl_and_skips_bad_lines(linked, tmp_path):
   docs_path = os.path.join(workdir, "data", "test.docs.jsonl")
   with open(docs_path, "rb") as f:
     good = f.read().splitlines()[:3]
-  src = tmp_path / "in.jsonl"
+  with open(os.path.join(workdir, "metrics.json")) as f:
+    before = json.load(f)
+  # Named like the stage's evaluation set, whose report must survive.
+  src = tmp_path / "test.jsonl"
   src.write_bytes(good[0] + b"\n" + b"not json\n" + good[1] + b"\n" + b"\xff\xfe\n"
                   + b'{"id": 7}\n' + good[2] + b"\n")
   dst = tmp_path / "out.jsonl"
@@ -281,8 +284,8 @@ def test_cli_links_a_jsonl_and_skips_bad_lines(linked, tmp_path):
        f"--output={dst}", "--evaluate", "--batch_size=2"],
       capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert "in.jsonl:2:" in proc.stderr and "in.jsonl:4:" in proc.stderr
-  assert "in.jsonl:5:" in proc.stderr
+  assert "test.jsonl:2:" in proc.stderr and "test.jsonl:4:" in proc.stderr
+  assert "test.jsonl:5:" in proc.stderr
   lines = [json.loads(x) for x in dst.read_text().splitlines()]
   assert [x["id"] for x in lines] == [json.loads(g)["id"] for g in good]
   for x in lines:
@@ -290,7 +293,9 @@ def test_cli_links_a_jsonl_and_skips_bad_lines(linked, tmp_path):
       assert x["text"][r["start"]:r["end"]] == r["mention"]
   assert "skipped 3 bad lines" in proc.stdout
   with open(os.path.join(workdir, "metrics.json")) as f:
-    assert "in/linker fast" in json.load(f)
+    after = json.load(f)
+  assert "link/test/fast" in after
+  assert {k: v for k, v in after.items() if k != "link/test/fast"} == before
   assert not os.path.exists(str(dst) + ".partial")
 
 

@@ -51,3 +51,15 @@ def test_tensorboard_tags_are_legal_and_distinct(tmp_path, caplog):
   assert not [r for r in caplog.records if "is illegal" in r.getMessage()]
   with open(tmp_path / "metrics.jsonl", encoding="utf-8") as f:
     assert set(json.loads(f.readline())) == {"step", *names}  # Readable names.
+
+
+def test_infinite_scalars_stay_out_of_tensorboard(tmp_path):
+  # A calibrated "never NIL" threshold is -inf: TensorBoard warned on it.
+  writer = metric_writer.MetricWriter(str(tmp_path))
+  writer.scalars(0, {"nil/full": float("-inf"), "nil/fast": 0.5})
+  writer.close()
+  tags = {v.tag for e in _events(tmp_path / "tensorboard")
+          if e.HasField("summary") for v in e.summary.value}
+  assert tags == {"nil/fast"}
+  with open(tmp_path / "metrics.jsonl", encoding="utf-8") as f:
+    assert json.loads(f.readline())["nil/full"] is None

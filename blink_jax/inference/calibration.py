@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+from absl import logging
 
 from blink_jax import span_metrics
 from blink_jax.data import documents
@@ -86,7 +87,15 @@ def calibrate(linker: linker_lib.Linker, docs: list[Document], modes) -> dict:
     # not in the catalogue.
     without = np.where(ids == gold[:, None], -np.inf, scores)
     without = np.take_along_axis(without, np.argsort(-without, 1, kind="stable"), 1)
-    out["nil_threshold"][mode] = nil_threshold(
-        linker_lib.confidence(scores), first_is_gold, linker_lib.confidence(without),
-        float(linker.config.linker.nil_prior))
+    prior = float(linker.config.linker.nil_prior)
+    t = nil_threshold(linker_lib.confidence(scores), first_is_gold,
+                      linker_lib.confidence(without), prior)
+    if not np.isfinite(t):
+      # Not a failure: at this prior, rejecting any confident link costs more
+      # correct links than it saves gold-less ones (seen in full mode, whose
+      # re-ranked short lists are confident with or without the gold).
+      logging.info("Calibration (%s mode): no confidence threshold beats never answering "
+                   "NIL at nil_prior=%.2f on %d held-out mentions; NIL is off in this mode "
+                   "(set linker.nil_threshold.%s to force one).", mode, prior, len(ms), mode)
+    out["nil_threshold"][mode] = t
   return out
