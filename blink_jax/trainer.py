@@ -124,12 +124,14 @@ def train_loop(*, state: dict, train_step, batch: Callable[[int], Mapping[str, n
                total_steps: int, mesh, ckpt: ckpt_lib.Checkpointer,
                writer: metric_writer.MetricWriter, tag: str, log_every: int,
                before_step: Callable[[int, dict], None] | None = None,
-               meta: Callable[[], Mapping[str, Any]] = dict) -> dict:
+               meta: Callable[[], Mapping[str, Any]] = dict,
+               evaluate: Callable[[int, dict], None] | None = None) -> dict:
   """Runs `train_step` from the state's step to `total_steps`; returns the state.
 
   batch(step) returns this process's rows of that step's global batch;
   before_step(step, state) runs first (e.g. hard-negative mining); meta() is saved
-  beside each checkpoint. Logs go to `writer` under `tag`.
+  beside each checkpoint; evaluate(step, state) runs after each step but the
+  last (the stage evaluates its final model itself). Logs go to `writer` under `tag`.
   """
   step = int(state["step"])
   pending = []
@@ -153,6 +155,8 @@ def train_loop(*, state: dict, train_step, batch: Callable[[int], Mapping[str, n
         progress.set_postfix(loss=f"{logs['loss']:.3f}", acc=f"{logs['accuracy']:.2f}")
         writer.scalars(step, {tag: logs})
       ckpt.save(step, state, meta(), force=step == total_steps)
+      if evaluate is not None and step < total_steps:
+        evaluate(step, state)
   finally:
     # Also on an exception or Ctrl-C: a checkpoint being written is finished,
     # so the run resumes from it.

@@ -77,7 +77,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval = ml_collections.ConfigDict()
   config.eval.ks = (1, 2, 4, 8, 16, 32, 64, 100)
   config.eval.batch_size = 128
-  config.eval.bm25 = True  # Report BM25 beside the bi-encoder.
+  config.eval.every = 0  # Also evaluate every N train steps (0: at the end only).
+  # Evaluators by name (blink_jax/evaluators): each stage runs those that read
+  # its models: recall (bi-encoders), bm25 (beside the bi-encoder), rerank
+  # (cross-encoder), spans (the linker, end to end).
+  config.evals = ("recall", "bm25", "rerank", "spans")
 
   # Candidates: each mention's top k by the trained bi-encoder, retrieved once
   # through the index and stored in WORKDIR/candidates for the cross-encoder

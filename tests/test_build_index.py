@@ -20,7 +20,7 @@ def _config(**index):
   config.train.num_steps = 2
   config.train.checkpoint_every = 2
   config.hard_negatives.num = 0
-  config.eval.bm25 = False
+  config.evals = ("recall",)
   config.index.update(index)
   return config
 

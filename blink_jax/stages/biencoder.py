@@ -2,8 +2,8 @@
 
 Reads: the data. Writes: WORKDIR/biencoder/{config.json, checkpoints/}.
 Reads top to bottom: mesh -> data -> model -> shard & transfer -> update step
--> restore checkpoint -> train loop (with hard-negative mining at epoch
-boundaries) -> final evaluation. `train_and_evaluate(config, workdir)` is
+-> restore checkpoint -> evaluators -> train loop (with hard-negative mining at
+epoch boundaries) -> final evaluation. `train_and_evaluate(config, workdir)` is
 the entry point (config.mode = "train_biencoder"); the pipeline calls it too.
 
 Negative pools beyond memory: with `train.grad_cache_chunks` = C > 1 the step
@@ -29,7 +29,7 @@ from absl import logging
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from blink_jax import checkpoint as ckpt_lib
-from blink_jax import evaluate
+from blink_jax import evaluators
 from blink_jax import losses
 from blink_jax import metric_writer
 from blink_jax import optim
@@ -200,10 +200,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       tok, data.entities, data.train, max_context_len=config.data.max_context_len,
       max_entity_len=config.data.max_entity_len)
   tc = config.train
+  evals = evaluators.for_stage(evaluators.Context(config, data, tok, mesh, writer, STAGE))
   if not data.train:
     logging.info("No training mentions: evaluating the initial model.")
-    return _final_eval(load_lib.build(STAGE, config), tok, data, config, mesh, writer, 0,
-                       None, t_start)
+    out = _final_eval(load_lib.build(STAGE, config), evals, 0, None, t_start)
+    writer.close()
+    return out
   sampler = pipeline.StepSampler(len(data.train), tc.global_batch, config.seed)
   my_rows = sharding.process_rows(mesh, tc.global_batch)  # This process's block.
   total_steps = tc.get("num_steps") or tc.num_epochs * sampler.steps_per_epoch
@@ -265,41 +267,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   state = trainer.train_loop(
       state=state, train_step=train_step, batch=batch, total_steps=total_steps,
       mesh=mesh, ckpt=ckpt, writer=writer, tag="train", log_every=tc.get("log_every", 50),
-      before_step=before_step, meta=meta)
+      before_step=before_step, meta=meta,
+      evaluate=evaluators.periodic(evals, config.eval.get("every", 0),
+                                   lambda state: fm.module(state["params"])))
 
   # --------------------------------------------------------- final eval
-  return _final_eval(fm.module(state["params"]), tok, data, config, mesh, writer,
-                     total_steps, workdir_lib.identity(STAGE, total_steps, fp), t_start)
-
-
-def _final_eval(model, tok, data, config, mesh, writer, step, model_id, t_start) -> dict:
-  results, baselines = {}, {}
-  ks = list(config.eval.ks)
-  # Accuracies over the candidates the cross-encoder will re-rank, so every
-  # system's report has the columns of the cross-encoder's.
-  norm_k = int(config.cross.k) if "cross" in config else None
-  catalogues = {}  # Each distinct entity pool is embedded once.
-  for name, mentions in data.evals.items():
-    entities = data.entities_for(mentions)
-    key = entities.labels.tobytes()
-    if key not in catalogues:
-      catalogues[key] = retrieve.catalogue(model, tok, entities, config, mesh,
-                                           model_id=model_id)
-    results[name] = evaluate.biencoder_report(model, tok, entities, mentions, config,
-                                              mesh, catalogue=catalogues[key],
-                                              normalize_k=norm_k)
-    writer.results(f"{name}/bi-encoder", results[name], step)
-    summary = {"bi-encoder": results[name]}
-    if config.eval.get("bm25", True):
-      # The lexical baseline beside every evaluation, as in the paper's tables.
-      summary["BM25"] = evaluate.recall_report(
-          evaluate.bm25_ranking(entities, mentions, max(ks + [norm_k or 0])), mentions, ks,
-          norm_k)
-      writer.results(f"{name}/BM25", summary["BM25"], step)
-    baselines[name] = {k: v for k, v in summary.items() if k != "bi-encoder"}
-    for system, report in summary.items():
-      logging.info("%s %s: %s", name, system, " ".join(
-          f"R@{k}={report[f'macro/recall@{k}']:.3f}" for k in ks))
+  out = _final_eval(fm.module(state["params"]), evals, total_steps,
+                    workdir_lib.identity(STAGE, total_steps, fp), t_start)
   writer.close()
+  return out
+
+
+def _final_eval(model, evals, step, model_id, t_start) -> dict:
+  results = evals["recall"].run(model, step, model_id) if "recall" in evals else {}
+  baselines = ({name: {"BM25": r} for name, r in evals["bm25"].run(model, step).items()}
+               if "bm25" in evals else {})
   logging.info("Bi-encoder done in %.0fs.", time.time() - t_start)
   return {"model": model, "metrics": results, "baselines": baselines}

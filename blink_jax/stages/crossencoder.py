@@ -29,7 +29,7 @@ import numpy as np
 from absl import logging
 
 from blink_jax import checkpoint as ckpt_lib
-from blink_jax import evaluate
+from blink_jax import evaluators
 from blink_jax import losses
 from blink_jax import metric_writer
 from blink_jax import optim
@@ -97,6 +97,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   data = data or sources.load(config, workdir)
   sets = {"train": data.train, **data.evals} if data.train else dict(data.evals)
   cands = candidates_lib.for_sets(config, workdir, sets, data.entities_for, mesh)
+  evals = evaluators.for_stage(evaluators.Context(config, data, tok, mesh, writer, STAGE,
+                                                  extra={"candidates": cands}))
 
   def pair_builder(mentions: Records[Mention], c: retrieve.Candidates):
     return pipeline.PairBuilder(tok, data.entities_for(mentions), mentions,
@@ -146,27 +148,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     state = trainer.train_loop(
         state=state, train_step=train_step, batch=batch, total_steps=total_steps,
         mesh=mesh, ckpt=ckpt, writer=writer, tag=f"{STAGE}/train",
-        log_every=tc.get("log_every", 50))
+        log_every=tc.get("log_every", 50),
+        evaluate=evaluators.periodic(evals, config.eval.get("every", 0),
+                                     lambda state: fm.module(state["params"])))
     params = state["params"]
   model = fm.module(params)
 
   # ----------------------------------------------------------- evaluation
-  results = {}
-  ks = sorted(set(config.eval.ks) | {k})
-  for name, mentions in data.evals.items():
-    c = cands[name]
-    scores = rerank.score_candidates(model, pair_builder(mentions, c), mesh=mesh,
-                                     batch_size=cc.eval_batch_size,
-                                     desc=f"re-ranking {name}")
-    results[name] = evaluate.recall_report(rerank.rerank(c, scores), mentions, ks,
-                                           normalize_k=k)
-    writer.results(f"{name}/bi-encoder + cross-encoder", results[name],
-                   int(state["step"]) if state is not None else 0)
-    r = results[name]
-    logging.info("%s cross-encoder (top %d): normalized acc %.3f, unnormalized acc %.3f, "
-                 "candidate recall@%d %.3f (macro over worlds).", name, k,
-                 r["macro/normalized_accuracy"], r["macro/unnormalized_accuracy"], k,
-                 r[f"macro/recall@{k}"])
+  step = int(state["step"]) if state is not None else 0
+  results = evals["rerank"].run(model, step) if "rerank" in evals else {}
   writer.close()
   logging.info("Cross-encoder done in %.0fs.", time.time() - t_start)
   return {"model": model, "metrics": results, "candidates": cands}

@@ -33,7 +33,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from blink_jax import checkpoint as ckpt_lib
-from blink_jax import evaluate
+from blink_jax import evaluators
 from blink_jax import losses
 from blink_jax import metric_writer
 from blink_jax import optim
@@ -176,6 +176,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   workdir_lib.save_config(workdir, STAGE, config)
   tok = load_lib.tokenizer(config.tokenizer)
   data = data or sources.load(config, workdir)
+  evals = evaluators.for_stage(evaluators.Context(config, data, tok, mesh, writer, STAGE))
   if not data.train:
     raise ValueError("Distillation needs training mentions (config.data).")
   cands = candidates_lib.for_sets(config, workdir, {"train": data.train},
@@ -238,21 +239,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       state=state, train_step=train_step,
       batch=lambda step: batches(sampler.local_indices(step, my_rows)),
       total_steps=total_steps, mesh=mesh, ckpt=ckpt, writer=writer,
-      tag=f"{STAGE}/train", log_every=tc.get("log_every", 50))
+      tag=f"{STAGE}/train", log_every=tc.get("log_every", 50),
+      evaluate=evaluators.periodic(evals, config.eval.get("every", 0),
+                                   lambda state: fm.module(state["params"])))
   model = fm.module(state["params"])
 
   # ----------------------------------------------------------- evaluation
-  results = {}
-  ks = list(config.eval.ks)
   model_id = workdir_lib.identity(STAGE, total_steps, fp)
-  for name, mentions in data.evals.items():
-    entities = data.entities_for(mentions)
-    results[name] = evaluate.biencoder_report(
-        model, tok, entities, mentions, config, mesh, normalize_k=int(config.cross.k),
-        catalogue=retrieve.catalogue(model, tok, entities, config, mesh, model_id=model_id))
-    writer.results(f"{name}/distilled bi-encoder", results[name], total_steps)
-    logging.info("%s distilled bi-encoder: %s", name, " ".join(
-        f"R@{k_}={results[name][f'macro/recall@{k_}']:.3f}" for k_ in ks))
+  results = evals["recall"].run(model, total_steps, model_id) if "recall" in evals else {}
   writer.close()
   logging.info("Distillation done in %.0fs.", time.time() - t_start)
   return {"model": model, "metrics": results}

@@ -39,7 +39,7 @@ import numpy as np
 from absl import logging
 
 from blink_jax import checkpoint as ckpt_lib
-from blink_jax import evaluate
+from blink_jax import evaluators
 from blink_jax import losses
 from blink_jax import metric_writer
 from blink_jax import optim
@@ -212,6 +212,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   logging.info("Linker: %d steps of %d windows + %d linking examples x %d candidates.",
                total_steps, tc.global_batch, tc.mention_batch, lc.k)
 
+  # --------------------------------------- index, cross-encoder, evaluators
+  # The entity tower is frozen: the embeddings of the training loss are the
+  # index's, whatever the step.
+  fp = fingerprint(config, {student.identity["stage"]: student.identity},
+                   len(data.train_documents))
+  model_id = workdir_lib.identity(STAGE, total_steps, fp)
+  full_index = linker_lib.make_index(config, entities, entity_emb, mesh, model_id)
+  cross = (load_lib.load(workdir, "crossencoder", mesh)
+           if workdir_lib.has_checkpoint(workdir, "crossencoder") else None)
+  cross_model = cross.model if cross is not None else None
+  # Evaluations during training use uncalibrated thresholds (no NIL); the
+  # final one uses the calibration.
+  spans = evaluators.Context(config, data, tok, mesh, writer, STAGE, extra={
+      "index": full_index, "entities": entities, "cross": cross_model, "calibration": {}})
+  evals = evaluators.for_stage(spans)
+
   # ---------------------------------------------------- shard & transfer
   state, state_sh = trainer.create_state(params, tx, mesh)
 
@@ -220,8 +236,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       make_loss_and_grads(fm, lc.link_weight), tx, schedule, config.seed), state_sh, mesh)
 
   # --------------------------------------------------- restore checkpoint
-  fp = fingerprint(config, {student.identity["stage"]: student.identity},
-                   len(data.train_documents))
   ckpt = ckpt_lib.Checkpointer(workdir_lib.checkpoint_dir(workdir, STAGE),
                                every=tc.checkpoint_every, keep=tc.keep_checkpoints,
                                fingerprint=fp)
@@ -233,19 +247,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       batch=lambda step: batches(window_sampler.local_indices(step, w_rows),
                                  mention_sampler.local_indices(step, m_rows)),
       total_steps=total_steps, mesh=mesh, ckpt=ckpt, writer=writer,
-      tag=f"{STAGE}/train", log_every=tc.get("log_every", 50))
+      tag=f"{STAGE}/train", log_every=tc.get("log_every", 50),
+      evaluate=evaluators.periodic(evals, config.eval.get("every", 0),
+                                   lambda state: fm.module(state["params"])))
   model = fm.module(state["params"])
 
   # ----------------------------------------------------------- calibration
-  # The entity tower is frozen: the embeddings of the training loss are the index's.
-  model_id = workdir_lib.identity(STAGE, total_steps, fp)
-  full_index = linker_lib.make_index(config, entities, entity_emb, mesh, model_id)
   # Every process joins the save: it gathers the rows with collectives.
   full_index.save(workdir_lib.linker_index_dir(workdir))
-  cross = (load_lib.load(workdir, "crossencoder", mesh)
-           if workdir_lib.has_checkpoint(workdir, "crossencoder") else None)
   modes = ("fast", "full") if cross is not None else ("fast",)
-  cross_model = cross.model if cross is not None else None
   linker = linker_lib.Linker(config, tok, model, full_index, entities, cross=cross_model,
                              mesh=mesh)
   calibration = calibration_lib.calibrate(linker, heldout, modes) if heldout else {}
@@ -261,18 +271,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   writer.results(f"{STAGE}/calibration", calibration, total_steps)
 
   # ----------------------------------------------------------- evaluation
-  results = {}
-  for mode in modes:
-    linker = linker_lib.Linker(config, tok, model, full_index, entities, cross=cross_model,
-                               calibration=calibration, mode=mode, mesh=mesh)
-    for name, docs in data.eval_documents.items():
-      report = evaluate.documents_report(linker, docs, mode)
-      results[f"{name}/{mode}"] = report
-      writer.results(f"{name}/linker {mode}", report, total_steps)
-      logging.info("%s linker (%s): mention F1 %.3f (weak %.3f), linking F1 %.3f "
-                   "(weak %.3f)", name, mode, report["mention_detection/strong/f1"],
-                   report["mention_detection/weak/f1"], report["linking/strong/f1"],
-                   report["linking/weak/f1"])
+  spans.extra["calibration"] = calibration
+  results = evals["spans"].run(model, total_steps) if "spans" in evals else {}
   writer.close()
   logging.info("Linker done in %.0fs.", time.time() - t_start)
   fast = linker_lib.Linker(config, tok, model, full_index, entities, cross=cross_model,
