@@ -3,10 +3,12 @@
 Saves are asynchronous (training goes on while arrays are written) and
 atomic (Orbax writes to a temporary directory and renames it on commit), so
 a run killed at any moment leaves only whole checkpoints; `restore` always
-takes the latest one. A checkpoint holds three items: `params`, `opt_state`
-and a JSON `meta` (step, the stage's fingerprint: its config fields and the
-identities of the upstream artifacts it was trained from, and anything the
-stage must resume with). Inference restores `params` alone.
+takes the latest one. A checkpoint holds `params`, `opt_state`, a JSON
+`meta` (step, the stage's fingerprint: its config fields and the identities
+of the upstream artifacts it was trained from, the input position, anything
+small the stage must resume with) and, when the stage has any, `arrays`: the
+numpy arrays of its meta (e.g. mined hard negatives, [N, H] rows), stored
+as arrays rather than as JSON lists. Inference restores `params` alone.
 
 A workdir reused with another config, or whose upstream stage has been
 retrained since, fails with the differing fields named instead of an opaque
@@ -21,13 +23,14 @@ from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
 from blink_jax import config_utils
 from blink_jax import workdir as workdir_lib
 
-ITEMS = ("params", "opt_state", "meta")
+ITEMS = ("params", "opt_state", "meta", "arrays")
 
 
 class CheckpointConfigError(ValueError):
@@ -96,6 +99,10 @@ class Checkpointer:
       raise CheckpointConfigError(
           f"Checkpoint {self.directory}/{step} does not match the train state "
           f"of this config: {e}") from e
+    if meta.get("arrays"):
+      arrays = self._manager.restore(step, args=ocp.args.Composite(
+          arrays=ocp.args.StandardRestore()))["arrays"]
+      meta = {**meta, **{k: np.asarray(v) for k, v in arrays.items()}}
     logging.info("Restored checkpoint %s/%d.", self.directory, step)
     step_array = jax.device_put(jnp.asarray(step, jnp.int32),
                                 abstract_state["step"].sharding)
@@ -109,11 +116,15 @@ class Checkpointer:
       return False
     if self._manager.latest_step() == step:
       return False
-    meta = {**meta, "fingerprint": self.fingerprint, "step": step}
-    self._manager.save(step, args=ocp.args.Composite(
-        params=ocp.args.StandardSave(state["params"]),
-        opt_state=ocp.args.StandardSave(state["opt_state"]),
-        meta=ocp.args.JsonSave(meta)), force=True)
+    arrays = {k: v for k, v in meta.items() if isinstance(v, np.ndarray)}
+    meta = {k: v for k, v in meta.items() if k not in arrays}
+    meta.update(fingerprint=self.fingerprint, step=step, arrays=sorted(arrays))
+    items = dict(params=ocp.args.StandardSave(state["params"]),
+                 opt_state=ocp.args.StandardSave(state["opt_state"]),
+                 meta=ocp.args.JsonSave(meta))
+    if arrays:
+      items["arrays"] = ocp.args.StandardSave(arrays)
+    self._manager.save(step, args=ocp.args.Composite(**items), force=True)
     return True
 
   def close(self) -> None:

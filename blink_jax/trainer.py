@@ -29,6 +29,7 @@ from blink_jax import checkpoint as ckpt_lib
 from blink_jax import metric_writer
 from blink_jax import progress as progress_lib
 from blink_jax import sharding
+from blink_jax.data import loader as loader_lib
 
 # (params, batch, key) -> ((loss, metrics), grads)
 LossAndGrads = Callable[[Any, Mapping[str, jax.Array], jax.Array], Any]
@@ -83,6 +84,10 @@ def restore(ckpt: ckpt_lib.Checkpointer, state: dict, state_sh: dict, *, what: s
     return state, {}
   state, meta = restored
   step = int(state["step"])
+  saved_input = meta.get("input", {}).get("next_step", step)
+  if saved_input != step:
+    raise ckpt_lib.CheckpointConfigError(
+        f"{what}: the checkpoint's input position ({saved_input}) is not its step ({step}).")
   if step > total_steps:
     # Extending a run is resuming; shortening it would silently hand on a
     # model trained longer than asked for.
@@ -92,6 +97,15 @@ def restore(ckpt: ckpt_lib.Checkpointer, state: dict, state_sh: dict, *, what: s
         "--workdir, or delete the stage's directory to retrain.")
   logging.info("Resuming at step %d of %d (%s).", step, total_steps, what)
   return state, meta
+
+
+def make_loader(indices: Callable[[int], np.ndarray],
+                tokenize: Callable[[np.ndarray], Mapping[str, np.ndarray]], input_cfg,
+                restart_at: Callable[[int], bool] | None = None) -> loader_lib.StepLoader:
+  """A stage's `StepLoader` with `config.input`'s threads and prefetch."""
+  input_cfg = input_cfg or {}
+  return loader_lib.StepLoader(indices, tokenize, num_threads=input_cfg.get("num_threads", 2),
+                               prefetch=input_cfg.get("prefetch", 2), restart_at=restart_at)
 
 
 def make_train_step(loss_and_grads: LossAndGrads, tx: optax.GradientTransformation,
@@ -120,16 +134,16 @@ def compile_step(train_step, state_sh: dict, mesh):
                  out_shardings=(state_sh, rep), donate_argnums=(0,))
 
 
-def train_loop(*, state: dict, train_step, batch: Callable[[int], Mapping[str, np.ndarray]],
-               total_steps: int, mesh, ckpt: ckpt_lib.Checkpointer,
+def train_loop(*, state: dict, train_step, loader: loader_lib.StepLoader, total_steps: int, mesh, ckpt: ckpt_lib.Checkpointer,
                writer: metric_writer.MetricWriter, tag: str, log_every: int,
                before_step: Callable[[int, dict], None] | None = None,
                meta: Callable[[], Mapping[str, Any]] = dict,
                evaluate: Callable[[int, dict], None] | None = None) -> dict:
   """Runs `train_step` from the state's step to `total_steps`; returns the state.
 
-  batch(step) returns this process's rows of that step's global batch;
-  before_step(step, state) runs first (e.g. hard-negative mining); meta() is saved
+  `loader` builds this process's rows of each step's global batch, ahead of
+  the devices in worker threads (`data/loader.py`); before_step(step, state)
+  runs first (e.g. hard-negative mining); meta() is saved
   beside each checkpoint; evaluate(step, state) runs after each step but the
   last (the stage evaluates its final model itself). Logs go to `writer` under `tag`.
   """
@@ -137,11 +151,14 @@ def train_loop(*, state: dict, train_step, batch: Callable[[int], Mapping[str, n
   pending = []
   t_log = time.time()
   progress = progress_lib.progress(total_steps, initial=step, desc=tag)
+  batches = loader.iterate(step, total_steps)
   try:
     while step < total_steps:
       if before_step is not None:
         before_step(step, state)
-      state, metrics = train_step(state, sharding.global_batch(batch(step), mesh))
+      at, batch = next(batches)
+      assert at == step, (at, step)
+      state, metrics = train_step(state, sharding.global_batch(batch, mesh))
       step += 1
       progress.update(1)
       pending.append(metrics)
@@ -154,12 +171,14 @@ def train_loop(*, state: dict, train_step, batch: Callable[[int], Mapping[str, n
         t_log = time.time()
         progress.set_postfix(loss=f"{logs['loss']:.3f}", acc=f"{logs['accuracy']:.2f}")
         writer.scalars(step, {tag: logs})
-      ckpt.save(step, state, meta(), force=step == total_steps)
+      ckpt.save(step, state, {**meta(), "input": loader.state(step)},
+                force=step == total_steps)
       if evaluate is not None and step < total_steps:
         evaluate(step, state)
   finally:
     # Also on an exception or Ctrl-C: a checkpoint being written is finished,
     # so the run resumes from it.
+    batches.close()
     progress.close()
     ckpt.close()
   return state

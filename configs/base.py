@@ -155,6 +155,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.linker.optim = ml_collections.ConfigDict(dict(config.optim))
   config.linker.optim.learning_rate = 5e-5
 
+  # Training input (blink_jax/data/loader.py): batches tokenized ahead of the
+  # devices in worker threads; 0 threads builds each batch in the loop.
+  config.input = ml_collections.ConfigDict(dict(num_threads=2, prefetch=2))
+
   # --config.mode=pipeline runs these stages in order, each resuming.
   config.pipeline = ml_collections.ConfigDict()
   config.pipeline.stages = ("biencoder", "crossencoder", "distill", "linker")

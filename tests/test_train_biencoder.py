@@ -237,4 +237,4 @@ def test_resuming_with_another_model_config_is_a_clear_error(tmp_path):
   out, _ = second.communicate(timeout=600)
   assert second.returncode != 0
   assert "CheckpointConfigError" in out and "model.bert.hidden_size" in out
-  assert "checkpoint=32 config=64" in out
+  assert "stored=32 now=64" in out

@@ -237,7 +237,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                 total_steps=total_steps)
   mined["epoch"] = meta.get("mined_epoch", -1)
   if meta.get("hard_negatives") is not None:
-    mined["rows"] = np.asarray(meta["hard_negatives"], np.int64)
+    mined["rows"] = meta["hard_negatives"].astype(np.int64)
 
   # ---------------------------------------------------------- train loop
   def before_step(step: int, state: dict):
@@ -251,21 +251,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                      data.train, hn.num, config, mesh)
       mined["epoch"] = epoch
 
-  def batch(step: int):
-    rows = sampler.local_indices(step, my_rows)
+  def tokenize(rows: np.ndarray):
     # Before the first mining there are no hard negatives: those steps encode
     # only the gold entities (a second compilation, but 1 + H times fewer
     # entity encodings in the early epochs).
     hard = mined["rows"]
     return builder(rows, None if hard is None else hard[rows])
 
+  def mines_at(step: int) -> bool:
+    # Batches at and after a mining step read the new negatives: the loader
+    # builds none of them ahead of it.
+    return bool(hn.num) and sampler.epoch(step) >= hn.start_epoch and (
+        step % sampler.steps_per_epoch == 0)
+
+  loader = trainer.make_loader(lambda step: sampler.local_indices(step, my_rows), tokenize,
+                               config.get("input"), restart_at=mines_at)
+
   def meta():
     hard = mined["rows"]
+    # An array item of the checkpoint, not JSON: [N, H] rows can be
+    # hundreds of MB at Wikipedia scale.
     return {"mined_epoch": mined["epoch"],
-            "hard_negatives": None if hard is None else hard.tolist()}
+            **({} if hard is None else {"hard_negatives": hard})}
 
   state = trainer.train_loop(
-      state=state, train_step=train_step, batch=batch, total_steps=total_steps,
+      state=state, train_step=train_step, loader=loader, total_steps=total_steps,
       mesh=mesh, ckpt=ckpt, writer=writer, tag="train", log_every=tc.get("log_every", 50),
       before_step=before_step, meta=meta,
       evaluate=evaluators.periodic(evals, config.eval.get("every", 0),

@@ -142,11 +142,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                total_steps=total_steps)
 
     # --------------------------------------------------------- train loop
-    def batch(step: int):
-      return builder(train_rows[sampler.global_indices(step)], my_rows)
-
+    # Each process tokenizes its own pair rows of the step's global mentions.
+    loader = trainer.make_loader(lambda step: train_rows[sampler.global_indices(step)],
+                                 lambda rows: builder(rows, my_rows), config.get("input"))
     state = trainer.train_loop(
-        state=state, train_step=train_step, batch=batch, total_steps=total_steps,
+        state=state, train_step=train_step, loader=loader, total_steps=total_steps,
         mesh=mesh, ckpt=ckpt, writer=writer, tag=f"{STAGE}/train",
         log_every=tc.get("log_every", 50),
         evaluate=evaluators.periodic(evals, config.eval.get("every", 0),

@@ -237,7 +237,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # ----------------------------------------------------------- train loop
   state = trainer.train_loop(
       state=state, train_step=train_step,
-      batch=lambda step: batches(sampler.local_indices(step, my_rows)),
+      loader=trainer.make_loader(lambda step: sampler.local_indices(step, my_rows), batches,
+                                 config.get("input")),
       total_steps=total_steps, mesh=mesh, ckpt=ckpt, writer=writer,
       tag=f"{STAGE}/train", log_every=tc.get("log_every", 50),
       evaluate=evaluators.periodic(evals, config.eval.get("every", 0),
