@@ -71,12 +71,12 @@ def load(spec: str) -> ml_collections.ConfigDict:
   return module.get_config(arg or None)
 
 
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Mapping[str, Any], prefix: str = "", sep: str = ".") -> dict[str, Any]:
   """{"a": {"b": 1}} -> {"a.b": 1}: the one flattening of nested dicts and configs."""
   out = {}
   for key, value in tree.items():
     if isinstance(value, (Mapping, ml_collections.ConfigDict)):
-      out.update(flatten(value, f"{prefix}{key}."))
+      out.update(flatten(value, f"{prefix}{key}{sep}", sep))
     else:
       out[f"{prefix}{key}"] = value
   return out

@@ -16,16 +16,13 @@ from typing import Any, Mapping
 
 import jax
 
+from blink_jax import config_utils
 
-def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
-  out = {}
-  for key, value in tree.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, Mapping):
-      out.update(_flatten(value, name + "/"))
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-      out[name] = float(value)
-  return out
+
+def _scalars(tree: Mapping[str, Any]) -> dict[str, float]:
+  """The numbers of a nested dict, by "/"-joined name (booleans and text dropped)."""
+  return {name: float(v) for name, v in config_utils.flatten(tree, sep="/").items()
+          if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 _LEGAL_TAG = re.compile(r"[A-Za-z0-9_.\-][A-Za-z0-9_./\-]*")
@@ -89,7 +86,7 @@ class MetricWriter:
     """Logs a (nested) dict of scalars at `step`."""
     if not self.active:
       return
-    flat = _flatten(values)
+    flat = _scalars(values)
     board = self._board()
     for name, v in flat.items():
       # TensorBoard has no use for an infinite scalar (a "never NIL" threshold

@@ -11,7 +11,7 @@ import types
 import jax
 import numpy as np
 
-from blink_jax import evaluate
+from blink_jax.inference import encode
 from blink_jax import link_io
 from blink_jax import progress
 
@@ -76,7 +76,7 @@ def test_call_sites_write_no_carriage_returns(tmp_path, capsys):
   # pytest's captured stderr is not a TTY, as a log file.
   tokenize = lambda rows: types.SimpleNamespace(ids=np.ones((len(rows), 4), np.int32),
                                                 mask=np.ones((len(rows), 4), np.int32))
-  emb = evaluate.encode(lambda ids, mask: ids * 1.0, tokenize, 40, batch_size=8)
+  emb = encode.encode(lambda ids, mask: ids * 1.0, tokenize, 40, batch_size=8)
   assert emb.shape == (40, 4)
   inp = tmp_path / "in.jsonl"
   inp.write_text("".join(json.dumps({"text": f"t{i}"}) + "\n" for i in range(5)))
