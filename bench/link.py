@@ -183,7 +183,7 @@ def _mode_summary(records: list[dict], docs: int, mentions: int) -> dict:
 
 def _padding(n: int, batch: int) -> float:
   """Share of the rows computed that are padding: n rows in calls of `batch`, the
-  last padded to a power of two (evaluate.encode, one device)."""
+  last padded to a power of two (inference.encode, one device)."""
   if not n:
     return 0.0
   last = n - (math.ceil(n / batch) - 1) * batch
@@ -206,28 +206,28 @@ def main() -> None:
   args = _parse_args()
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from blink_jax import evaluate  # pylint: disable=g-import-not-at-top
   from blink_jax import index as index_lib  # pylint: disable=g-import-not-at-top
-  from blink_jax import linker as linker_lib  # pylint: disable=g-import-not-at-top
+  from blink_jax.inference import encode  # pylint: disable=g-import-not-at-top
+  from blink_jax.inference import linker as linker_lib  # pylint: disable=g-import-not-at-top
   from blink_jax import sharding  # pylint: disable=g-import-not-at-top
   from blink_jax import tokenization  # pylint: disable=g-import-not-at-top
-  from blink_jax import train_linker  # pylint: disable=g-import-not-at-top
   from blink_jax.data import documents  # pylint: disable=g-import-not-at-top
   from blink_jax.data.records import Records  # pylint: disable=g-import-not-at-top
   from blink_jax.models import bert_checkpoint  # pylint: disable=g-import-not-at-top
   from blink_jax.models import crossencoder  # pylint: disable=g-import-not-at-top
+  from blink_jax.models import mention_detection  # pylint: disable=g-import-not-at-top
 
   start = time.perf_counter()
   config = _config(args)
   mesh = sharding.make_mesh(config.get("mesh"))
   tok = tokenization.Tokenizer.from_pretrained(bert_checkpoint.resolve(config.tokenizer))
-  model = train_linker.build(config, tok.vocab_size)
+  model = mention_detection.build(config, vocab_size=tok.vocab_size)
   cross = crossencoder.build(config.cross.model, vocab_size=tok.vocab_size, seed=config.seed)
   entity_list, texts = _corpus(args)
   entities = Records.of(entity_list)
 
   t = time.perf_counter()
-  emb = evaluate.embed_entities(model, tok, entities, config, mesh)
+  emb = encode.embed_entities(model, tok, entities, config, mesh)
   catalogue_s = time.perf_counter() - t
   index = index_lib.Index.build(emb, entities.labels, [e.title for e in entity_list],
                                 None, backend="exact", mesh=mesh)

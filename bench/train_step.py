@@ -37,7 +37,8 @@ def batch(rng, b, lc, le, vocab):
 def ours(args, model_dir, data):
   import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from blink_jax import optim, sharding, train_biencoder  # pylint: disable=g-import-not-at-top
+  from blink_jax import optim, sharding  # pylint: disable=g-import-not-at-top
+  from blink_jax.stages import biencoder as train_biencoder  # pylint: disable=g-import-not-at-top
   from blink_jax.models import biencoder  # pylint: disable=g-import-not-at-top
   model_cfg = ml_collections.ConfigDict(dict(init_from=model_dir, pooling="cls",
                                              projection_dim=0, bert_overrides={}))
