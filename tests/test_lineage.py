@@ -124,3 +124,27 @@ def test_confidence_of_a_row_without_candidates_is_zero_not_nan():
   conf = linker_lib.confidence(scores)
   assert not np.isnan(conf).any()
   np.testing.assert_allclose(conf, [0.0, 1.0, 0.5])
+
+
+def test_a_trained_models_catalogue_is_encoded_once_per_process(monkeypatch):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from blink_jax.data.jsonl import Entity  # pylint: disable=g-import-not-at-top
+  from blink_jax.data.records import Records  # pylint: disable=g-import-not-at-top
+  from blink_jax.inference import encode  # pylint: disable=g-import-not-at-top
+  from blink_jax.inference import retrieve  # pylint: disable=g-import-not-at-top
+  calls = []
+
+  def embed(model, tok, entities, config, mesh=None):
+    calls.append(len(entities))
+    return np.eye(len(entities), 8, dtype=np.float32)
+
+  monkeypatch.setattr(encode, "embed_entities", embed)
+  entities = Records.of([Entity(i, f"e{i}", "", None) for i in range(8)])
+  config = ml_collections.ConfigDict(dict(data=dict(max_entity_len=8)))
+  ident = {"stage": "biencoder", "step": 3, "fingerprint": "abc"}
+  a = retrieve.catalogue(None, None, entities, config, model_id=ident)
+  b = retrieve.catalogue(None, None, entities, config, model_id=ident)  # Another set, stage.
+  assert a is b and calls == [8]
+  retrieve.catalogue(None, None, entities, config, model_id={**ident, "step": 4})
+  retrieve.catalogue(None, None, entities, config)  # An untrained model: never cached.
+  assert calls == [8, 8, 8]
