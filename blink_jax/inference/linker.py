@@ -344,7 +344,8 @@ def confidence(scores: np.ndarray) -> np.ndarray:
   first = s[:, :1]
   has = np.isfinite(first[:, 0])
   z = s - np.where(np.isfinite(first), first, 0.0)
-  return np.where(has, 1.0 / np.exp(z).sum(1), 0.0).astype(np.float32)
+  with np.errstate(divide="ignore"):  # Those rows' 1/0 is discarded.
+    return np.where(has, 1.0 / np.exp(z).sum(1), 0.0).astype(np.float32)
 
 
 def make_index(config, entities: Records[Entity], embeddings: np.ndarray, mesh,
