@@ -41,7 +41,6 @@ from blink_jax.data import sources
 from blink_jax.data.jsonl import Mention
 from blink_jax.data.records import Records
 from blink_jax.inference import load as load_lib
-from blink_jax.inference import rerank
 from blink_jax.inference import retrieve
 from blink_jax.stages import candidates as candidates_lib
 
