@@ -165,6 +165,59 @@ def restore_params(directory: str, abstract_params: Any) -> tuple[Any, dict[str,
   return restored["params"], restored["meta"]
 
 
+# ------------------------------------- derived arrays (candidates, teacher scores)
+def save_arrays(path: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+  """Stores `arrays` with the JSON `meta` that made them, as one Orbax checkpoint.
+
+  Written to a temporary directory and renamed on commit, so a killed run
+  leaves the old artifact or the new one, never half of one. Every process
+  calls it (Orbax writes from the primary host).
+  """
+  ckpt = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+  try:
+    ckpt.save(os.path.abspath(path), args=ocp.args.Composite(
+        arrays=ocp.args.StandardSave(dict(arrays)), meta=ocp.args.JsonSave(dict(meta))),
+        force=True)
+  finally:
+    ckpt.close()
+
+
+def arrays_meta(path: str) -> dict[str, Any] | None:
+  """The JSON meta stored with the arrays at `path`; None if there are none."""
+  if not os.path.isdir(path):
+    return None
+  ckpt = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+  try:
+    return ckpt.restore(os.path.abspath(path),
+                        args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+  finally:
+    ckpt.close()
+
+
+def load_arrays(path: str, meta: Mapping[str, Any]) -> dict[str, np.ndarray] | None:
+  """The arrays stored at `path` if they were made with this `meta`, else None.
+
+  None (and a log line) also for an unreadable artifact: the caller recomputes.
+  """
+  ckpt = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
+  try:
+    theirs = arrays_meta(path)
+    if theirs is None:
+      return None
+    if theirs != json.loads(json.dumps(dict(meta), sort_keys=True)):
+      logging.info("%s was made by another model or data (%s); recomputing.", path, theirs)
+      return None
+    arrays = ckpt.restore(os.path.abspath(path),
+                          args=ocp.args.Composite(arrays=ocp.args.StandardRestore()))["arrays"]
+    return {k: np.asarray(v) for k, v in arrays.items()}
+  except Exception as e:  # pylint: disable=broad-except
+    # Orbax raises many types for a damaged directory; any of them means "recompute".
+    logging.warning("%s is unreadable (%s: %s); recomputing.", path, type(e).__name__, e)
+    return None
+  finally:
+    ckpt.close()
+
+
 def abstract(tree: Any, shardings: Any) -> Any:
   """ShapeDtypeStructs carrying target shardings, for restore."""
   return jax.tree.map(

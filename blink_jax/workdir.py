@@ -3,9 +3,9 @@
     WORKDIR/
       data/                          the synthetic worlds (data.kind=synthetic)
       biencoder/  config.json, checkpoints/<step>/      stage "biencoder"
-      candidates/<set>.npz           stage "candidates": each mention's top k
+      candidates/<set>/              stage "candidates": each mention's top k
       crossencoder/ config.json, checkpoints/<step>/    stage "crossencoder"
-      distill/    config.json, checkpoints/<step>/, teacher_<set>.npz
+      distill/    config.json, checkpoints/<step>/, teacher/<set>/
       linker/     config.json, checkpoints/<step>/, index/, calibration.json
       index/                         stage "index" (--config.mode=index)
       metrics.json, metrics.jsonl, tensorboard/
@@ -29,13 +29,10 @@ import dataclasses
 import hashlib
 import json
 import os
-import zipfile
 from typing import Any, Mapping
 
 import jax
 import ml_collections
-import numpy as np
-from absl import logging
 
 from blink_jax import config_utils
 from blink_jax.metric_writer import atomic_write_json
@@ -56,12 +53,12 @@ class Stage:
 STAGES: dict[str, Stage] = {s.name: s for s in (
     Stage("biencoder", (), "biencoder/checkpoints",
           "bi-encoder: in-batch + hard negatives"),
-    Stage("candidates", ("biencoder",), "candidates/<set>.npz",
+    Stage("candidates", ("biencoder",), "candidates/<set>/",
           "each mention's top candidates.k by the bi-encoder"),
     Stage("crossencoder", ("candidates",), "crossencoder/checkpoints",
           "cross-encoder re-ranker over the candidates"),
     Stage("distill", ("biencoder", "candidates", "crossencoder"),
-          "distill/checkpoints, distill/teacher_<set>.npz",
+          "distill/checkpoints, distill/teacher/<set>/",
           "the bi-encoder distilled from the cross-encoder"),
     Stage("linker", ("final", "crossencoder"), "linker/checkpoints, linker/index",
           "mention detection + linking on the final bi-encoder; calibration"),
@@ -86,11 +83,11 @@ def checkpoint_dir(workdir: str, stage: str) -> str:
 
 
 def candidates_path(workdir: str, mention_set: str) -> str:
-  return os.path.join(workdir, "candidates", f"{mention_set}.npz")
+  return os.path.join(workdir, "candidates", mention_set)
 
 
 def teacher_path(workdir: str, mention_set: str) -> str:
-  return os.path.join(stage_dir(workdir, "distill"), f"teacher_{mention_set}.npz")
+  return os.path.join(stage_dir(workdir, "distill"), "teacher", mention_set)
 
 
 def linker_index_dir(workdir: str) -> str:
@@ -178,30 +175,3 @@ def describe_change(theirs: Mapping[str, Any], ours: Mapping[str, Any]) -> str:
   """One line per differing field of two flat fingerprints."""
   keys = sorted(k for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k))
   return "\n".join(f"  {k}: stored={theirs.get(k)!r} now={ours.get(k)!r}" for k in keys)
-
-
-# ------------------------------------------------ stored arrays with lineage
-def save_arrays(path: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
-  """Writes arrays and a JSON `meta` to one .npz, atomically (process 0 only)."""
-  if jax.process_index() != 0:
-    return
-  os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-  tmp = f"{path}.tmp.{os.getpid()}.npz"
-  np.savez(tmp, **arrays, __meta__=np.asarray(json.dumps(meta, sort_keys=True)))
-  os.replace(tmp, path)
-
-
-def load_arrays(path: str, meta: Mapping[str, Any]) -> dict[str, np.ndarray] | None:
-  """The arrays of `path` if it exists and was written with this `meta`, else None."""
-  if not os.path.exists(path):
-    return None
-  try:
-    with np.load(path, allow_pickle=False) as f:
-      theirs = json.loads(str(f["__meta__"]))
-      if theirs != json.loads(json.dumps(meta, sort_keys=True)):
-        logging.info("%s was made by another model or data (%s); recomputing.", path, theirs)
-        return None
-      return {k: f[k] for k in f.files if k != "__meta__"}
-  except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
-    logging.warning("%s is unreadable (%s); recomputing.", path, e)
-    return None

@@ -9,6 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from blink_jax import checkpoint as ckpt_lib
 from blink_jax import evaluate
 from blink_jax import losses
 from blink_jax import optim
@@ -151,15 +152,19 @@ def test_rerank_and_normalized_accuracy():
 
 
 def test_stored_arrays_are_checked_against_their_maker(tmp_path):
-  path = str(tmp_path / "c" / "train.npz")
-  workdir_lib.save_arrays(path, {"ids": np.arange(6).reshape(2, 3)}, {"step": 3})
-  assert not [p for p in os.listdir(tmp_path / "c") if ".tmp" in p]
-  np.testing.assert_array_equal(workdir_lib.load_arrays(path, {"step": 3})["ids"],
+  path = str(tmp_path / "candidates" / "train")
+  ckpt_lib.save_arrays(path, {"ids": np.arange(6).reshape(2, 3)}, {"step": 3})
+  assert os.listdir(tmp_path / "candidates") == ["train"]  # No temporary left behind.
+  np.testing.assert_array_equal(ckpt_lib.load_arrays(path, {"step": 3})["ids"],
                                 np.arange(6).reshape(2, 3))
-  assert workdir_lib.load_arrays(path, {"step": 4}) is None  # Another model.
-  with open(path, "r+b") as f:
-    f.truncate(40)
-  assert workdir_lib.load_arrays(path, {"step": 3}) is None  # Corrupt: recompute.
+  assert ckpt_lib.load_arrays(path, {"step": 4}) is None  # Another model.
+  ckpt_lib.save_arrays(path, {"ids": np.zeros((1, 2), np.int32)}, {"step": 4})  # Replaced.
+  assert ckpt_lib.load_arrays(path, {"step": 4})["ids"].shape == (1, 2)
+  for root, _, files in os.walk(path):  # Damage every stored file: recompute.
+    for f in files:
+      with open(os.path.join(root, f), "r+b") as fh:
+        fh.truncate(3)
+  assert ckpt_lib.load_arrays(path, {"step": 4}) is None
 
 
 # ---------------------------------------------------------------- sharding
@@ -288,8 +293,8 @@ def test_chain_writes_every_report(chain):
           == saved["test/bi-encoder"][f"micro/recall@{k}"])
   dropped = saved["crossencoder/train_mentions"]
   assert dropped["mentions"] == dropped["trained_on"] + dropped["dropped_gold_not_in_top_k"]
-  assert os.path.exists(os.path.join(workdir, "candidates", "train.npz"))
-  assert os.path.exists(os.path.join(workdir, "distill", "teacher_train.npz"))
+  assert os.path.exists(os.path.join(workdir, "candidates", "train"))
+  assert os.path.exists(os.path.join(workdir, "distill", "teacher", "train"))
   assert os.path.isdir(os.path.join(workdir, "crossencoder", "checkpoints"))
 
 

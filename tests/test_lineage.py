@@ -56,8 +56,7 @@ def test_retrained_bi_encoder_is_noticed_by_every_downstream_stage(chain, tmp_pa
     crossencoder_stage.train_and_evaluate(config, other)
   assert "upstream.candidates.biencoder.step" in str(e.value)
   # The stored candidates (derived data) were recomputed for the new bi-encoder.
-  with np.load(workdir_lib.candidates_path(other, "train")) as f:
-    assert json.loads(str(f["__meta__"]))["biencoder"] == new
+  assert ckpt_lib.arrays_meta(workdir_lib.candidates_path(other, "train"))["biencoder"] == new
 
   # The distilled student started from the old bi-encoder: refused too.
   with pytest.raises(ckpt_lib.CheckpointConfigError, match="another biencoder"):

@@ -1,6 +1,6 @@
 """Stage "candidates": each mention's top-k entities by the trained bi-encoder, stored.
 
-Reads: WORKDIR/biencoder. Writes: WORKDIR/candidates/<set>.npz.
+Reads: WORKDIR/biencoder. Writes: WORKDIR/candidates/<set>/ (Orbax arrays + the meta that made them).
 The cross-encoder trains and is evaluated on these lists, and distillation
 trains the student on the same ones, so retrieval runs once per bi-encoder
 checkpoint. Each file records what made it (the bi-encoder's identity, k, the
@@ -16,6 +16,7 @@ from typing import Callable, Mapping
 from absl import logging
 from jax.sharding import Mesh
 
+from blink_jax import checkpoint as ckpt_lib
 from blink_jax import workdir as workdir_lib
 from blink_jax.data.jsonl import Entity, Mention
 from blink_jax.data.records import Records
@@ -45,12 +46,12 @@ def for_sets(config, workdir: str, sets: Mapping[str, Records[Mention]],
             "mentions": retrieve.fingerprint_of(mentions.labels),
             "entities": retrieve.fingerprint_of(entities.labels)}
     path = workdir_lib.candidates_path(workdir, name)
-    stored = workdir_lib.load_arrays(path, meta)
+    stored = ckpt_lib.load_arrays(path, meta)
     if stored is None:
       logging.info("Retrieving the top %d of %d %s mentions.", k, len(mentions), name)
       c = retrieve.catalogue(trained.model, tok, entities, trained.config, mesh,
                              model_id=trained.identity).retrieve(mentions, k)
-      workdir_lib.save_arrays(path, dataclasses.asdict(c), meta)
+      ckpt_lib.save_arrays(path, dataclasses.asdict(c), meta)
     else:
       c = Candidates(**stored)
     out[name] = c

@@ -2,7 +2,7 @@
 
 Reads: WORKDIR/biencoder (the student's start), WORKDIR/candidates,
 WORKDIR/crossencoder (the teacher). Writes: WORKDIR/distill/{config.json,
-checkpoints/, teacher_<set>.npz}. Reads top to bottom: mesh -> data, candidates
+checkpoints/, teacher/<set>/}. Reads top to bottom: mesh -> data, candidates
 and teacher scores -> student
 -> shard & transfer -> update step -> restore checkpoint -> train loop ->
 evaluation. `train_and_evaluate(config, workdir)` is the entry point
@@ -13,7 +13,7 @@ mention's top `distill.k` candidates (the stored lists the cross-encoder
 re-ranks) with
     alpha * CE(gold) + (1 - alpha) * tau^2 * KL(softmax(t / tau) || softmax(s / tau)),
 t the cross-encoder's scores, computed once and stored in
-WORKDIR/distill/teacher_train.npz. As for the cross-encoder, mentions whose
+WORKDIR/distill/teacher/train/. As for the cross-encoder, mentions whose
 gold was not retrieved are dropped. With `distill.train_entity_tower=False`
 only the context tower learns: the catalogue's embeddings (and an index built
 from them) stay valid, and a step reads the candidates' embeddings instead of
@@ -143,14 +143,14 @@ def teacher_scores(workdir: str, teacher: load_lib.Trained, builder: pipeline.Pa
           "candidates": retrieve.fingerprint_of(builder.candidate_ids,
                                                 builder.mentions.labels)}
   path = workdir_lib.teacher_path(workdir, name)
-  stored = workdir_lib.load_arrays(path, meta)
+  stored = ckpt_lib.load_arrays(path, meta)
   if stored is not None:
     return stored["scores"]
   logging.info("Teacher: scoring %d mentions x %d candidates.", *builder.candidate_ids.shape)
   scores = rerank.score_candidates(
       teacher.model, builder, batch_size=teacher.config.cross.eval_batch_size, mesh=mesh,
       desc="teacher scores")
-  workdir_lib.save_arrays(path, {"scores": scores}, meta)
+  ckpt_lib.save_arrays(path, {"scores": scores}, meta)
   return scores
 
 
