@@ -14,6 +14,7 @@ INSTALL_REQUIRES = [
     "absl-py==2.5.1",
     "numpy==2.4.6",
     "scipy>=1.13",
+    "bm25s==0.3.16",
     "transformers==5.23.0",
     "tokenizers==0.23.3",
     "safetensors==0.8.0",

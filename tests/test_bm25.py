@@ -5,7 +5,6 @@ import math
 import numpy as np
 import pytest
 
-from blink_jax import bm25
 from blink_jax.bm25 import BM25Index, tokenize
 
 # Lengths 3, 2, 5 tokens: avgdl = 10 / 3. "cat" is in docs 0 and 2, "dog" only in doc 1.
@@ -84,16 +83,14 @@ def test_bad_candidates_raise(candidates):
     BM25Index.build(DOCS).search(["cat"], k=1, candidates=candidates)
 
 
-def test_chunked_search_equals_one_block(monkeypatch):
+def test_search_equals_a_full_sort_of_the_scores():
   rng = np.random.default_rng(0)
   words = [f"w{i}" for i in range(30)]
   texts = [" ".join(rng.choice(words, size=8)) for _ in range(40)]
   queries = [" ".join(rng.choice(words, size=5)) for _ in range(7)]
   index = BM25Index.build(texts)
-  full = index.search(queries, k=10)
-  monkeypatch.setattr(bm25, "_QUERY_CHUNK", 3)
-  chunked = index.search(queries, k=10)
-  np.testing.assert_array_equal(full[1], chunked[1])
-  np.testing.assert_array_equal(full[0], chunked[0])
-  # And every row is sorted by descending score.
-  assert np.all(np.diff(full[0], axis=1) <= 0)
+  scores, idx = index.search(queries, k=10)
+  full = index.score(queries)
+  order = np.argsort(-full, axis=1, kind="stable")[:, :10]
+  np.testing.assert_array_equal(idx, order)
+  np.testing.assert_array_equal(scores, np.take_along_axis(full, order, axis=1))

