@@ -16,6 +16,7 @@ the documents (one world), -1 padding and ties to the lower index.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 
@@ -23,6 +24,8 @@ import bm25s
 import numpy as np
 
 _WORD = re.compile(r"\w+")
+# bm25s logs every index build at INFO.
+logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 
 def tokenize(text: str) -> list[str]:

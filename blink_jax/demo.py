@@ -77,7 +77,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
   trained, cross = stages["biencoder"], stages["crossencoder"]
   distilled, linked = stages["distill"], stages["linker"]
   bm25 = trained["baselines"]["test"].get("BM25") or evaluate.recall_report(
-      evaluate.bm25_ranking(test_entities, test, config.candidates.k), test,
+      evaluate.bm25_ranking(test_entities, test, config.candidates.k,
+                            window=config.retrieval.window), test,
       list(config.eval.ks), normalize_k=k)
   rows = {"BM25": bm25, **rows,
           "bi-encoder": trained["metrics"]["test"],

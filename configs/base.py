@@ -91,6 +91,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (cross-encoder), spans (the linker, end to end).
   config.evals = ("recall", "bm25", "rerank", "spans")
 
+  # Where candidates come from (hard-negative mining, stored candidates):
+  # the bi-encoder alone, or hybrid: its top k fused by reciprocal rank with two
+  # BM25 views (blink_jax/inference/lexical.py): title + description against
+  # the mention and `window` characters of context each side, and titles
+  # against the mention alone. `weights`: (dense, text, names). window -1 puts
+  # the whole context in the BM25 query: the demo's published baseline; real
+  # text and configs/wikipedia.py use 100 (BENCHMARKS.md, "BM25 query window").
+  config.retrieval = ml_collections.ConfigDict()
+  config.retrieval.hybrid = False
+  config.retrieval.window = -1
+  config.retrieval.weights = (1.0, 1.0, 1.0)
+
   # Candidates: each mention's top k by the trained bi-encoder, retrieved once
   # through the index and stored in WORKDIR/candidates for the cross-encoder
   # and distillation.

@@ -41,6 +41,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.eval.ks = (1, 2, 4, 8, 10, 16, 32, 64)
   config.eval.batch_size = 128
 
+  # Candidates (hard negatives, the cross-encoder's top k): the bi-encoder's
+  # top 64 fused with BM25 (title + description, 100 characters of context
+  # each side) and title matches.
+  config.retrieval.hybrid = True
+  config.retrieval.window = 100
   config.candidates.k = 64
   config.cross.k = 8
   config.cross.max_context_len = 64
@@ -64,7 +69,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   if arg.runlocal:
     # A few summaries, 2 MiniLM layers, a handful of steps: every stage on real text.
-    config.data.max_summaries = 300
+    config.data.max_summaries = 150
     config.model.init_num_layers = 2
     config.cross.model.init_num_layers = 2
     config.data.max_context_len = 32
@@ -81,7 +86,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.cross.train.global_batch = 4
     config.linker.max_len = 64
     config.linker.k = 4
-    config.linker.train.num_epochs = 1
+    config.linker.train.num_steps = 12
     config.linker.train.global_batch = 8
     config.linker.train.mention_batch = 8
     config.linker.train.log_every = 2

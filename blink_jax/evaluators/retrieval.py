@@ -7,6 +7,7 @@ from typing import Any
 from absl import logging
 
 from blink_jax import evaluate
+from blink_jax.inference import lexical
 from blink_jax.inference import retrieve
 
 # A stage's bi-encoder, as results tables name it.
@@ -17,6 +18,11 @@ def _normalize_k(config) -> int | None:
   # Accuracies over the candidates the cross-encoder will re-rank, so every
   # system's report has the columns of the cross-encoder's.
   return int(config.cross.k) if "cross" in config else None
+
+
+def _window(config) -> int:
+  r = config.get("retrieval")
+  return int(r.window) if r is not None else lexical.DEFAULT_WINDOW
 
 
 def _log(name: str, system: str, report: dict, ks) -> None:
@@ -53,6 +59,15 @@ class Recall:
           normalize_k=_normalize_k(c.config))
       c.writer.results(f"{name}/{self.label}", results[name], step)
       _log(name, self.label, results[name], ks)
+      if c.config.get("retrieval") and c.config.retrieval.hybrid:
+        # The candidates the later stages read: this model fused with BM25.
+        hybrid = retrieve.retriever(catalogues[key], c.config)
+        label = f"{self.label}, hybrid"
+        results[f"{name}/hybrid"] = evaluate.recall_report(
+            hybrid.retrieve(mentions, max(ks + [_normalize_k(c.config) or 0])).ids,
+            mentions, ks, _normalize_k(c.config))
+        c.writer.results(f"{name}/{label}", results[f"{name}/hybrid"], step)
+        _log(name, label, results[f"{name}/hybrid"], ks)
     return results
 
 
@@ -78,7 +93,8 @@ class BM25:
       for name, mentions in c.data.evals.items():
         entities = c.data.entities_for(mentions)
         self._results[name] = evaluate.recall_report(
-            evaluate.bm25_ranking(entities, mentions, max(ks + [norm_k or 0])), mentions,
+            evaluate.bm25_ranking(entities, mentions, max(ks + [norm_k or 0]),
+                                  window=_window(c.config)), mentions,
             ks, norm_k)
         c.writer.results(f"{name}/BM25", self._results[name], step)
         _log(name, "BM25", self._results[name], ks)

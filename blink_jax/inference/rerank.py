@@ -7,7 +7,7 @@ from jax.sharding import Mesh
 
 from blink_jax.data import pipeline
 from blink_jax.inference import encode
-from blink_jax.inference.retrieve import Candidates
+from blink_jax.inference.ranking import Candidates
 from blink_jax.models import crossencoder
 
 

@@ -1,7 +1,9 @@
-"""Dense retrieval: a catalogue embedded once per model, exact top-k per world.
+"""Candidate retrieval: dense (a catalogue embedded once per model, exact top-k
+per world), and hybrid (dense fused with lexical) when config.retrieval says so.
 
     cat = retrieve.catalogue(model, tok, entities, config, mesh, model_id=identity)
     cands = cat.retrieve(mentions, k)          # Candidates: ids, scores, labels
+    cands = retrieve.retriever(cat, config).retrieve(mentions, k)   # as configured
 
 Every path that ranks entities for mentions goes through here: evaluation
 (recall@k), hard-negative mining, the stored candidates of the cross-encoder
@@ -14,7 +16,6 @@ sets, stages and mining share one encode of it.
 from __future__ import annotations
 
 import collections
-import dataclasses
 import hashlib
 
 import numpy as np
@@ -26,6 +27,9 @@ from blink_jax import workdir as workdir_lib
 from blink_jax.data.jsonl import Entity, Mention
 from blink_jax.data.records import Records
 from blink_jax.inference import encode
+from blink_jax.inference import lexical
+from blink_jax.inference import ranking
+from blink_jax.inference.ranking import Candidates
 
 _CACHE_SIZE = 2  # Embedded catalogues kept per process (each holds an index).
 _cache: collections.OrderedDict = collections.OrderedDict()
@@ -39,35 +43,6 @@ def fingerprint_of(*arrays: np.ndarray) -> str:
     h.update(str((a.dtype, a.shape)).encode())
     h.update(a.tobytes())
   return h.hexdigest()[:16]
-
-
-@dataclasses.dataclass(frozen=True)
-class Candidates:
-  """Ranked candidate entities of N mentions.
-
-  ids: [N, K] entity ids, best first; -1 pads lists shorter than K (a
-    world with fewer entities).
-  scores: [N, K] float32 scores (-inf on padding).
-  labels: [N] gold entity ids (-1: NIL).
-  """
-
-  ids: np.ndarray
-  scores: np.ndarray
-  labels: np.ndarray
-
-  def __len__(self) -> int:
-    return len(self.labels)
-
-  def top(self, k: int) -> "Candidates":
-    if k > self.ids.shape[1]:
-      raise ValueError(f"{k} candidates asked for, {self.ids.shape[1]} stored: "
-                       "raise config.candidates.k.")
-    return Candidates(self.ids[:, :k], self.scores[:, :k], self.labels)
-
-  def gold_positions(self) -> np.ndarray:
-    """[N] column of each mention's gold entity, -1 where it was not retrieved."""
-    hit = (self.ids == self.labels[:, None]) & (self.labels[:, None] >= 0)
-    return np.where(hit.any(1), hit.argmax(1), -1)
 
 
 class Catalogue:
@@ -115,3 +90,41 @@ def catalogue(model, tok: tokenization.Tokenizer, entities: Records[Entity], con
   while len(_cache) > _CACHE_SIZE:
     _cache.popitem(last=False)
   return cat
+
+
+_lexical_cache: collections.OrderedDict = collections.OrderedDict()
+
+
+def lexical_index(entities: Records[Entity], window: int) -> lexical.Lexical:
+  """`lexical.Lexical(entities)`, built once per catalogue and window in a process."""
+  key = (fingerprint_of(entities.labels), window)
+  if key not in _lexical_cache:
+    _lexical_cache[key] = lexical.Lexical(entities, window=window)
+    while len(_lexical_cache) > _CACHE_SIZE:
+      _lexical_cache.popitem(last=False)
+  return _lexical_cache[key]
+
+
+class Hybrid:
+  """Dense candidates fused with the lexical views (BM25 text, names) by reciprocal rank.
+
+  Each retriever contributes its top k; `weights` are those of (dense, text, names).
+  Scores of the result are fused scores, not dot products.
+  """
+
+  def __init__(self, dense: Catalogue, lex: lexical.Lexical, weights=(1.0, 1.0, 1.0)):
+    self.dense, self.lexical, self.weights = dense, lex, tuple(weights)
+
+  def retrieve(self, mentions: Records[Mention], k: int) -> Candidates:
+    d = self.dense.retrieve(mentions, k)
+    lex = self.lexical.rankings(mentions, k)
+    return ranking.rrf([d.ids, lex["text"], lex["names"]], mentions.labels, k,
+                       weights=self.weights)
+
+
+def retriever(dense: Catalogue, config) -> Catalogue | Hybrid:
+  """The candidate source `config.retrieval` asks for, over the dense catalogue `dense`."""
+  r = config.get("retrieval")
+  if r is None or not r.hybrid:
+    return dense
+  return Hybrid(dense, lexical_index(dense.entities, r.window), r.weights)

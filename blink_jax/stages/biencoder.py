@@ -154,7 +154,10 @@ def fingerprint(config: ml_collections.ConfigDict, data: sources.LinkingData) ->
           "data.entities": retrieve.fingerprint_of(data.entities.labels),
           "train.global_batch": config.train.global_batch,
           "optim": config.optim.to_dict(),
-          "hard_negatives": config.hard_negatives.to_dict()}
+          "hard_negatives": config.hard_negatives.to_dict(),
+          # Hard negatives are mined through it.
+          **({"retrieval": config.retrieval.to_dict()}
+             if config.get("retrieval") and config.retrieval.hybrid else {})}
 
 
 def hard_negatives(model, tok, entities: Records[Entity], mentions: Records[Mention],
@@ -163,7 +166,8 @@ def hard_negatives(model, tok, entities: Records[Entity], mentions: Records[Ment
 
   Returns [N, num] rows into `entities`, -1 where a world has too few.
   """
-  ranked = retrieve.Catalogue(model, tok, entities, config, mesh).retrieve(mentions, num + 1)
+  dense = retrieve.Catalogue(model, tok, entities, config, mesh)
+  ranked = retrieve.retriever(dense, config).retrieve(mentions, num + 1)
   return negatives_from_ranking(ranked.ids, entities, mentions, num)
 
 

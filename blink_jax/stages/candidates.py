@@ -22,7 +22,7 @@ from blink_jax.data.jsonl import Entity, Mention
 from blink_jax.data.records import Records
 from blink_jax.inference import load as load_lib
 from blink_jax.inference import retrieve
-from blink_jax.inference.retrieve import Candidates
+from blink_jax.inference.ranking import Candidates
 
 STAGE = "candidates"
 
@@ -42,15 +42,16 @@ def for_sets(config, workdir: str, sets: Mapping[str, Records[Mention]],
   out = {}
   for name, mentions in sets.items():
     entities = entities_for(mentions)
-    meta = {"biencoder": trained.identity, "k": k,
+    meta = {"biencoder": trained.identity, "k": k, "retrieval": _retrieval(config),
             "mentions": retrieve.fingerprint_of(mentions.labels),
             "entities": retrieve.fingerprint_of(entities.labels)}
     path = workdir_lib.candidates_path(workdir, name)
     stored = ckpt_lib.load_arrays(path, meta)
     if stored is None:
       logging.info("Retrieving the top %d of %d %s mentions.", k, len(mentions), name)
-      c = retrieve.catalogue(trained.model, tok, entities, trained.config, mesh,
-                             model_id=trained.identity).retrieve(mentions, k)
+      dense = retrieve.catalogue(trained.model, tok, entities, trained.config, mesh,
+                                 model_id=trained.identity)
+      c = retrieve.retriever(dense, config).retrieve(mentions, k)
       ckpt_lib.save_arrays(path, dataclasses.asdict(c), meta)
     else:
       c = Candidates(**stored)
@@ -64,4 +65,10 @@ def identity(workdir: str, config) -> dict:
   Downstream stages put this in their fingerprint, so a retrained bi-encoder
   makes their checkpoints stale.
   """
-  return {"biencoder": load_lib.identity(workdir, "biencoder"), "k": int(config.candidates.k)}
+  return {"biencoder": load_lib.identity(workdir, "biencoder"), "k": int(config.candidates.k),
+          "retrieval": _retrieval(config)}
+
+
+def _retrieval(config) -> dict | None:
+  r = config.get("retrieval")
+  return r.to_dict() if r is not None and r.hybrid else None
