@@ -6,7 +6,8 @@ Zero-shot evaluation of the MiniLM sentence encoder on the wikiel dev data:
     --config.data.entities=../shared/data/wikiel/entities.jsonl \\
     --config.data.eval=../shared/data/wikiel/KORE50.mentions.jsonl,../shared/data/wikiel/oke_2015.mentions.jsonl,../shared/data/wikiel/oke_2016.mentions.jsonl
 
-Add `--config.data.train=train.jsonl` to fine-tune first. `init_from` takes
+Add `--config.data.train=a.jsonl,b.jsonl` to fine-tune first (mentions
+whose gold is NIL, label_id -1, are dropped from training and counted). `init_from` takes
 any local Hugging Face BERT directory, `pkg:<module>`, or a hub id.
 """
 
@@ -26,7 +27,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.max_context_len = 128
   config.data.max_entity_len = 64  # wikiel descriptions are ~150 characters.
   config.train.global_batch = 32
-  config.train.num_epochs = 1
+  # Two epochs, the second with mined hard negatives (BLINK's recipe).
+  config.train.num_epochs = 2
+  config.hard_negatives.num = 3
+  config.hard_negatives.start_epoch = 1
   config.optim.learning_rate = 2e-5
   config.eval.batch_size = 64
+  # Candidates: the bi-encoder fused with BM25 and title matches (BENCHMARKS.md).
+  config.retrieval.hybrid = True
+  config.retrieval.window = 100
+  # The cross-encoder starts from the same pretrained weights (not random),
+  # mean pooled as MiniLM was trained, over the top 16.
+  config.cross.model.init_from = config.model.init_from
+  config.cross.model.pooling = "mean"
+  config.cross.k = 16
+  config.cross.max_context_len = 128
+  config.cross.max_entity_len = 64
+  config.cross.train.global_batch = 4
+  config.cross.train.num_epochs = 1
+  config.cross.optim.learning_rate = 2e-5
   return config

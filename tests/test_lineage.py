@@ -17,6 +17,7 @@ from blink_jax.inference import linker as linker_lib
 from blink_jax.inference import load as load_lib
 from blink_jax.models import bert_checkpoint
 from blink_jax.stages import biencoder as biencoder_stage
+from blink_jax.stages import candidates as candidates_stage
 from blink_jax.stages import crossencoder as crossencoder_stage
 from blink_jax.stages import distill as distill_stage
 from blink_jax.stages import index as index_stage
@@ -147,3 +148,13 @@ def test_a_trained_models_catalogue_is_encoded_once_per_process(monkeypatch):
   retrieve.catalogue(None, None, entities, config, model_id={**ident, "step": 4})
   retrieve.catalogue(None, None, entities, config)  # An untrained model: never cached.
   assert calls == [8, 8, 8]
+
+
+def test_hybrid_retrieval_settings_are_part_of_the_candidates_identity(tmp_path):
+  config = chain_config()
+  dense = candidates_stage.identity(str(tmp_path), config)
+  config.retrieval.hybrid = True
+  hybrid = candidates_stage.identity(str(tmp_path), config)
+  config.retrieval.window = 50
+  narrower = candidates_stage.identity(str(tmp_path), config)
+  assert dense != hybrid != narrower != dense

@@ -1,0 +1,39 @@
+"""Data loading for one's own BLINK-format files: several training files, NIL golds, recipe defaults."""
+
+import logging
+
+from blink_jax.data import jsonl
+from blink_jax.data import sources
+from configs import jsonl as jsonl_config
+
+
+def _files(tmp_path):
+  jsonl.write_jsonl(tmp_path / "kb.jsonl", [jsonl.Entity(i, f"Entity {i}", f"About {i}.")
+                                            for i in range(3)])
+  jsonl.write_jsonl(tmp_path / "a.jsonl", [jsonl.Mention("x ", "Entity 0", " y", 0),
+                                           jsonl.Mention("x ", "Someone", " y", -1)])
+  jsonl.write_jsonl(tmp_path / "b.jsonl", [jsonl.Mention("x ", "Entity 2", " y", 2),
+                                           jsonl.Mention("x ", "Nobody", " y", -1),
+                                           jsonl.Mention("x ", "Entity 1", " y", 1)])
+
+
+def test_several_training_files_and_nil_golds_dropped_and_counted(tmp_path, caplog):
+  _files(tmp_path)
+  config = jsonl_config.get_config()
+  config.data.entities = str(tmp_path / "kb.jsonl")
+  config.data.train = f"{tmp_path / 'a.jsonl'}, {tmp_path / 'b.jsonl'}"
+  config.data.eval = str(tmp_path / "b.jsonl")
+  with caplog.at_level(logging.WARNING):
+    data = sources.load(config, str(tmp_path))
+  assert [m.mention for m in data.train] == ["Entity 0", "Entity 2", "Entity 1"]
+  assert "Dropped 2 of 5 training mentions whose gold is NIL" in caplog.text
+  # Evaluation keeps NIL golds (recall counts only in-catalogue ones).
+  assert data.evals["b"].labels.tolist() == [2, -1, 1]
+
+
+def test_the_jsonl_config_defaults_are_the_recipe():
+  config = jsonl_config.get_config()
+  assert config.hard_negatives.num > 0
+  assert config.train.num_epochs > config.hard_negatives.start_epoch  # Negatives are used.
+  assert config.cross.model.init_from == config.model.init_from  # Not random weights.
+  assert config.retrieval.hybrid
