@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import functools
 import json
 import os
@@ -52,7 +53,9 @@ from blink_jax.data.jsonl import Entity, Mention
 from blink_jax.data.records import Records
 from blink_jax.inference import encode
 from blink_jax.inference import load as load_lib
+from blink_jax.inference import ranking
 from blink_jax.inference import rerank as rerank_lib
+from blink_jax.inference import retrieve
 
 MODES = ("fast", "full")
 # Characters of context kept on each side of a span before tokenizing: far
@@ -231,6 +234,20 @@ class Linker:
     with self._timed("search"):
       return self.index.search(q, k, worlds)
 
+  def _hybrid(self, mentions: Sequence[Mention], dense_ids: np.ndarray, worlds) -> np.ndarray:
+    """The dense candidates fused with the lexical views, as configured (else as they are)."""
+    r = self.config.get("retrieval")
+    if r is None or not r.hybrid:
+      return dense_ids
+    k = dense_ids.shape[1]
+    with self._timed("search"):
+      lex = retrieve.lexical_index(self.entities, int(r.window))
+      ms = Records.of([m if worlds is None else dataclasses.replace(m, world=w)
+                       for m, w in zip(mentions, worlds or [None] * len(mentions))])
+      views = lex.rankings(ms, k)
+      return ranking.rrf([dense_ids, views["text"], views["names"]], ms.labels, k,
+                         weights=r.weights).ids
+
   def rerank(self, mentions: Sequence[Mention], cand_ids: np.ndarray) -> np.ndarray:
     """Cross-encoder scores [N, K] of each mention's candidates (-inf on padding)."""
     cc = self.config.cross
@@ -248,7 +265,8 @@ class Linker:
     """(entity ids [N, K], scores [N, K]) of each mention's candidates, best first.
 
     Fast mode: the bi-encoder's top `linker.k`; full mode: its top `cross.k`
-    re-ranked by the cross-encoder.
+    (fused with the lexical views when `retrieval.hybrid`, as the cross-encoder
+    was trained) re-ranked by the cross-encoder.
     """
     mode = mode or self.mode
     k = int(self.config.cross.k if mode == "full" else self.config.linker.k)
@@ -256,6 +274,7 @@ class Linker:
       return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
     scores, ids = self.candidates(mentions, k, worlds)
     if mode == "full":
+      ids = self._hybrid(mentions, ids, worlds)
       scores = self.rerank(mentions, ids)
       order = np.argsort(-scores, 1, kind="stable")
       scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
