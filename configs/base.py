@@ -81,6 +81,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.hard_negatives = ml_collections.ConfigDict()
   config.hard_negatives.num = 0
   config.hard_negatives.start_epoch = 1
+  # Mine from the hybrid candidates (config.retrieval's fusion) instead of the
+  # bi-encoder alone: adds the lexical confusables ("Dylan Thomas" for "Dylan").
+  config.hard_negatives.hybrid = False
 
   config.eval = ml_collections.ConfigDict()
   config.eval.ks = (1, 2, 4, 8, 16, 32, 64, 100)
@@ -91,8 +94,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # (cross-encoder), spans (the linker, end to end).
   config.evals = ("recall", "bm25", "rerank", "spans")
 
-  # Where candidates come from (hard-negative mining, stored candidates):
-  # the bi-encoder alone, or hybrid: its top k fused by reciprocal rank with two
+  # Where candidates come from (the stored candidates of the cross-encoder and
+  # distillation, the linker's full mode): the bi-encoder alone, or hybrid: its top k fused by reciprocal rank with two
   # BM25 views (blink_jax/inference/lexical.py): title + description against
   # the mention and `window` characters of context each side, and titles
   # against the mention alone. `weights`: (dense, text, names). window -1 puts

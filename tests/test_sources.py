@@ -36,4 +36,4 @@ def test_the_jsonl_config_defaults_are_the_recipe():
   assert config.hard_negatives.num > 0
   assert config.train.num_epochs > config.hard_negatives.start_epoch  # Negatives are used.
   assert config.cross.model.init_from == config.model.init_from  # Not random weights.
-  assert config.retrieval.hybrid
+  assert config.hard_negatives.hybrid

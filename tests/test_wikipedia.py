@@ -117,6 +117,7 @@ def test_the_default_trains_on_every_dev_set(small_wikiel, tmp_path):
 
 def test_runlocal_runs_the_whole_chain_on_real_text(small_wikiel, tmp_path):
   config = _config("runlocal,fold=KORE50", small_wikiel)
+  config.retrieval.hybrid = True  # Hybrid candidates through the cross-encoder and linker too.
   blink_main.run(config, str(tmp_path))
   with open(tmp_path / "metrics.json") as f:
     saved = json.load(f)

@@ -20,6 +20,11 @@ def _normalize_k(config) -> int | None:
   return int(config.cross.k) if "cross" in config else None
 
 
+def _uses_hybrid(config) -> bool:
+  return bool(config.get("retrieval") and (config.retrieval.hybrid
+                                           or config.hard_negatives.get("hybrid", False)))
+
+
 def _window(config) -> int:
   r = config.get("retrieval")
   return int(r.window) if r is not None else lexical.DEFAULT_WINDOW
@@ -59,9 +64,9 @@ class Recall:
           normalize_k=_normalize_k(c.config))
       c.writer.results(f"{name}/{self.label}", results[name], step)
       _log(name, self.label, results[name], ks)
-      if c.config.get("retrieval") and c.config.retrieval.hybrid:
-        # The candidates the later stages read: this model fused with BM25.
-        hybrid = retrieve.retriever(catalogues[key], c.config)
+      if _uses_hybrid(c.config):
+        # This model fused with BM25 (what mining or the later stages read).
+        hybrid = retrieve.retriever(catalogues[key], c.config, hybrid=True)
         label = f"{self.label}, hybrid"
         results[f"{name}/hybrid"] = evaluate.recall_report(
             hybrid.retrieve(mentions, max(ks + [_normalize_k(c.config) or 0])).ids,

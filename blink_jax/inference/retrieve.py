@@ -122,9 +122,12 @@ class Hybrid:
                        weights=self.weights)
 
 
-def retriever(dense: Catalogue, config) -> Catalogue | Hybrid:
-  """The candidate source `config.retrieval` asks for, over the dense catalogue `dense`."""
+def retriever(dense: Catalogue, config, *, hybrid: bool | None = None) -> Catalogue | Hybrid:
+  """The candidate source over the dense catalogue `dense`: hybrid when `hybrid` (default
+  `config.retrieval.hybrid`), fused as `config.retrieval` says."""
   r = config.get("retrieval")
-  if r is None or not r.hybrid:
+  if hybrid is None:
+    hybrid = r is not None and bool(r.hybrid)
+  if r is None or not hybrid:
     return dense
   return Hybrid(dense, lexical_index(dense.entities, r.window), r.weights)

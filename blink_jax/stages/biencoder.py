@@ -155,9 +155,9 @@ def fingerprint(config: ml_collections.ConfigDict, data: sources.LinkingData) ->
           "train.global_batch": config.train.global_batch,
           "optim": config.optim.to_dict(),
           "hard_negatives": config.hard_negatives.to_dict(),
-          # Hard negatives are mined through it.
+          # Hybrid mining fuses as config.retrieval says.
           **({"retrieval": config.retrieval.to_dict()}
-             if config.get("retrieval") and config.retrieval.hybrid else {})}
+             if config.hard_negatives.get("hybrid", False) else {})}
 
 
 def hard_negatives(model, tok, entities: Records[Entity], mentions: Records[Mention],
@@ -167,7 +167,8 @@ def hard_negatives(model, tok, entities: Records[Entity], mentions: Records[Ment
   Returns [N, num] rows into `entities`, -1 where a world has too few.
   """
   dense = retrieve.Catalogue(model, tok, entities, config, mesh)
-  ranked = retrieve.retriever(dense, config).retrieve(mentions, num + 1)
+  hybrid = bool(config.hard_negatives.get("hybrid", False))
+  ranked = retrieve.retriever(dense, config, hybrid=hybrid).retrieve(mentions, num + 1)
   return negatives_from_ranking(ranked.ids, entities, mentions, num)
 
 
