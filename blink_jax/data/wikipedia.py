@@ -187,7 +187,8 @@ def load(d, *, documents: bool) -> dict:
   dev_part = [a for a, held in zip(annotated, dev) if held]
   cap = d.max_pairs_per_entity
   pairs = weak_pairs(train_part, max_per_entity=cap)
-  log_weak_stats(weak_documents(train_part), pairs)
+  train_docs = weak_documents(train_part)
+  log_weak_stats(train_docs, pairs)
   train_sets = [s for s in DEV_SETS if s != d.fold]
   mentions = {s: jsonl.open_mentions(os.path.join(d.wikiel_dir, f"{s}.mentions.jsonl"),
                                      catalogue_ids=ids) for s in DEV_SETS}
@@ -200,7 +201,7 @@ def load(d, *, documents: bool) -> dict:
   if documents:
     docs = {s: jsonl.read_documents(os.path.join(d.wikiel_dir, f"{s}.docs.jsonl"),
                                     catalogue_ids=ids) for s in DEV_SETS}
-    out["train_documents"] = weak_documents(train_part) + [
+    out["train_documents"] = train_docs + [
         doc for s in train_sets for doc in docs[s]]
     out["eval_documents"] = {d.fold: docs[d.fold]} if d.fold else {}
   logging.info("Wikipedia data: %d entities; training on %d summary pairs + dev sets %s "
