@@ -20,7 +20,6 @@ import logging
 import re
 from collections.abc import Sequence
 
-import bm25s
 import numpy as np
 
 _WORD = re.compile(r"\w+")
@@ -36,7 +35,7 @@ def tokenize(text: str) -> list[str]:
 class BM25Index:
   """A BM25 index over a fixed list of texts; rows are addressed by position in that list."""
 
-  def __init__(self, retriever: bm25s.BM25, num_docs: int, k1: float):
+  def __init__(self, retriever: "bm25s.BM25", num_docs: int, k1: float):
     # Prefer BM25Index.build.
     self._retriever = retriever
     self._num_docs = num_docs
@@ -52,6 +51,10 @@ class BM25Index:
     """Indexes `texts` (for entities, pass title + " " + text) with Okapi parameters k1, b."""
     if k1 < 0 or not 0 <= b <= 1:
       raise ValueError(f"need k1 >= 0 and 0 <= b <= 1, got k1={k1}, b={b}")
+    # Imported here, not at the top: importing bm25s runs a JAX computation,
+    # which starts the XLA backend, after which jax.distributed.initialize()
+    # refuses to run (every module main.py imports must leave JAX untouched).
+    import bm25s  # pylint: disable=g-import-not-at-top
     retriever = bm25s.BM25(k1=k1, b=b, method="lucene", idf_method="lucene")
     if texts:
       retriever.index([tokenize(t) for t in texts], show_progress=False)

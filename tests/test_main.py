@@ -74,3 +74,29 @@ def test_cli_overrides_reach_the_config(tmp_path):
       "macro/recall@1", "macro/recall@3", "macro/recall@4"}
   n_entities = sum(1 for _ in open(tmp_path / "data" / "entities.jsonl"))
   assert n_entities == 10 * 3  # 2 train + 1 test worlds of 10.
+
+
+def test_importing_blink_jax_leaves_jax_distributed_possible():
+  """No module may start the XLA backend on import (bm25s does, so it is imported lazily).
+
+  main.py imports the package before it calls jax.distributed.initialize(), which refuses
+  to run once any computation has started a backend: a multi-process run would die at start.
+  """
+  code = """
+import importlib, pkgutil, socket
+import blink_jax
+for m in pkgutil.walk_packages(blink_jax.__path__, "blink_jax."):
+  if m.name != "blink_jax.link":  # the other command line; its flags clash with main's
+    importlib.import_module(m.name)
+import configs.demo, configs.wikipedia
+with socket.socket() as s:
+  s.bind(("localhost", 0)); port = s.getsockname()[1]
+import jax
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+jax.distributed.initialize(coordinator_address=f"localhost:{port}", num_processes=1, process_id=0)
+print("initialized", jax.process_count())
+"""
+  out = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.dirname(
+      os.path.abspath(__file__))), capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "initialized 1" in out.stdout
