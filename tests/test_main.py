@@ -63,7 +63,10 @@ def test_cli_overrides_reach_the_config(tmp_path):
   out = subprocess.run(
       [sys.executable, "-m", "blink_jax.main", "--config=configs/demo.py:runlocal",
        f"--workdir={tmp_path}", "--config.eval.ks=(1,3)",
-       "--config.data.synthetic.entities_per_world=10"],
+       "--config.data.synthetic.entities_per_world=10",
+       # One bi-encoder step is enough to write the BM25 report: not the whole demo.
+       "--config.mode=train_biencoder", "--config.train.num_steps=1",
+       "--config.hard_negatives.num=0"],
       cwd=REPO, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   with open(tmp_path / "metrics.json") as f:
