@@ -112,10 +112,12 @@ class ScannSearch:
     if not self.params.brute_force:
       kwargs = dict(leaves_to_search=leaves or self.params.leaves_to_search,
                     pre_reorder_num_neighbors=max(reorder or self.params.reorder, kk))
-    # Not search_batched_parallel: after interleaved adds, deletes and a reload
-    # it returned wrong neighbours for some queries, deterministically
-    # (recall@10 0.973 with every leaf searched and 300 re-scored; the tree-path
-    # test in tests/test_index.py, run after the file's other tests).
+    # search_batched, not search_batched_parallel, which was suspected of wrong
+    # neighbours after interleaved adds, deletes and a reload. The fault
+    # remains with search_batched, intermittently, and only after a reload (a
+    # known defect, README "The entity index"; the tree-path test in
+    # tests/test_index.py); the suspect is how a loaded searcher's point order
+    # matches `positions` under later deletes.
     idx, dist = self.searcher.search_batched(q, final_num_neighbors=kk, **kwargs)
     idx, dist = np.asarray(idx, np.int64), np.asarray(dist, np.float32)
     found = idx.shape[1]
