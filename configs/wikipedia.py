@@ -57,7 +57,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.cross.model.init_from = config.model.init_from
   config.cross.model.pooling = "mean"
   # 300 steps of 8 mentions (~2,400 of the ~6,800 training mentions; about
-  # 50 min on this 2-core CPU under load). lr 1e-4: the randomly initialised
+  # 57 min on this 2-core CPU under load). lr 1e-4: the randomly initialised
   # score head learns too slowly at 3e-5 in so few steps (OKE-2015 held out:
   # .506 at 3e-5 / 250 steps / hybrid candidates, .674 now; BENCHMARKS.md).
   config.cross.train.global_batch = 8
