@@ -43,6 +43,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.data.max_summaries = 0   # > 0: only the first N summaries (smoke runs).
   config.data.max_pairs_per_entity = 10
   config.data.summaries_dev_fraction = 0.02
+  # Of the training dev sets' documents, the share kept out of every stage to
+  # calibrate the linker's thresholds on real text (their mentions are not
+  # trained on either), and how often each remaining one is repeated among the
+  # linker's documents, so that a few dozen real documents are not lost among
+  # ~10,000 weakly annotated summaries.
+  config.data.calibration_fraction = 0.0
+  config.data.dev_document_repeat = 1
   config.data.skip_bad = False    # Skip and count bad records instead of failing.
   config.data.max_context_len = 128
   config.data.max_entity_len = 128
@@ -118,6 +125,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # BLINK's Zeshel recipe: 2 mentions x 64 candidates per step, lr 2e-5.
   config.cross = ml_collections.ConfigDict()
   config.cross.k = 64  # Candidates re-ranked per mention (<= candidates.k).
+  # > 0: re-rank by log p_cross + bi_weight * log p_bi over the k candidates
+  # (inference/ranking.product); 0 is BLINK's cross-encoder alone.
+  config.cross.bi_weight = 0.0
   config.cross.max_context_len = 128
   config.cross.max_entity_len = 128
   config.cross.model = ml_collections.ConfigDict()

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from blink_jax.inference import linker as linker_lib
+from blink_jax.inference import ranking
 from blink_jax import sharding
 from blink_jax import tokenization
 from blink_jax import evaluate
@@ -259,6 +260,31 @@ def test_full_mode_reranks_with_the_cross_encoder(linked):
   never = linker_lib.Linker(fast.config, fast.tok, fast.model, fast.index, fast.entities,
                             calibration={"nil_threshold": {"fast": None, "full": 0.5}})
   assert never.nil_threshold == {"fast": -np.inf, "full": 0.5}
+
+
+def test_full_mode_multiplies_with_the_bi_encoder_when_asked(linked):
+  _, workdir, _ = linked
+  full = linker_lib.Linker.load(workdir, mode="full")
+  ms = [linker_lib._as_mention({"context_left": "It was said that ", "mention": "Gegwe",
+                                "context_right": " had always been faithful."})]
+  k = int(full.config.cross.k)
+  bi_scores, bi_ids = full.candidates(ms, k, [ms[0].world])
+  cross = full.rerank(ms, bi_ids)
+  for w in (0.0, 1.5):
+    full.config.cross.bi_weight = w
+    ids, scores = full.scored(ms, [ms[0].world])
+    want = ranking.product(cross, bi_scores, w)[0]
+    order = np.argsort(-want, kind="stable")
+    np.testing.assert_array_equal(ids[0], bi_ids[0][order])
+    np.testing.assert_allclose(scores[0], want[order], rtol=1e-5)
+
+
+def test_aligned_scores_follow_the_entities():
+  ids = np.array([[7, 3, 5]])
+  scores = np.array([[3.0, 2.0, 1.0]], np.float32)
+  got = linker_lib.aligned(ids, scores, np.array([[5, 9, 7, -1]]))
+  # 9 is not in the dense list: the row's lowest score; -1 is padding.
+  np.testing.assert_array_equal(got, [[1.0, 1.0, 3.0, -np.inf]])
 
 
 def test_missing_linker_is_a_clear_error(tmp_path):

@@ -84,3 +84,20 @@ def test_query_window_cuts_the_context():
   assert "LEFT" in q and "RIGHT"[:4] in q and "a" not in q and "b" not in q
   assert lexical.text_query(m, window=0).split() == ["X", "X", "X", "X"]
   assert "a" * 10 in lexical.text_query(m, window=-1)  # All of the context.
+
+
+def test_product_is_the_sum_of_log_softmaxes_by_hand():
+  cross = np.array([[2.0, 0.0, -np.inf]], np.float32)
+  bi = np.array([[0.0, np.log(3.0), -np.inf]], np.float32)
+  # p_cross = (e^2, 1) / (e^2 + 1); p_bi = (1, 3) / 4.
+  want = [np.log(np.e**2 / (np.e**2 + 1)) + 2 * np.log(1 / 4),
+          np.log(1 / (np.e**2 + 1)) + 2 * np.log(3 / 4)]
+  got = ranking.product(cross, bi, 2.0)
+  np.testing.assert_allclose(got[0, :2], want, rtol=1e-6)
+  assert got[0, 2] == -np.inf
+  # The bi-encoder can overturn the cross-encoder's order: weight 2 here does.
+  assert got[0, 1] > got[0, 0]
+  # Weight 0 is the cross-encoder alone: its order, log-normalised.
+  alone = ranking.product(cross, bi, 0.0)
+  np.testing.assert_allclose(np.exp(alone[0, :2]).sum(), 1.0, rtol=1e-6)
+  assert alone[0, 0] > alone[0, 1]

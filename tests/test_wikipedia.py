@@ -109,13 +109,40 @@ def test_a_held_out_set_is_evaluated_and_never_trained_on(small_wikiel, tmp_path
 
 
 def test_the_default_trains_on_every_dev_set(small_wikiel, tmp_path):
-  data = sources.load(_config("runlocal", small_wikiel), str(tmp_path))
+  config = _config("runlocal", small_wikiel)
+  data = sources.load(config, str(tmp_path))
   assert sorted(data.evals) == ["summaries_dev"]
   trained = {m.id for m in data.train}
+  # But for the real documents kept to calibrate the linker.
+  fraction = config.data.calibration_fraction
+  assert fraction > 0
+  calibration = {f"{name}-{i}" for name in wikipedia.DEV_SETS for i in range(6)
+                 if wikipedia.in_dev_slice(f"{name}-{i}", fraction)}
   for name in wikipedia.DEV_SETS:
     gold = {m.id for m in jsonl.open_mentions(os.path.join(small_wikiel, f"{name}.mentions.jsonl"))
             if m.label_id >= 0}
-    assert gold <= trained
+    held = {i for i in gold if i.rsplit("-", 1)[0] in calibration}
+    assert gold - held <= trained and not held & trained
+
+
+def test_real_calibration_documents_are_kept_out_and_the_rest_repeated(small_wikiel, tmp_path):
+  config = _config("runlocal,fold=oke_2015", small_wikiel)
+  config.data.calibration_fraction = 0.5
+  config.data.dev_document_repeat = 3
+  data = sources.load(config, str(tmp_path), documents=True)
+  calibration = [str(d.id) for d in data.calibration_documents]
+  kore = [str(d.id) for d in jsonl.read_documents(os.path.join(small_wikiel, "KORE50.docs.jsonl"))]
+  # Real documents of the training sets only, chosen by id (stable across runs).
+  assert calibration and set(calibration) < set(kore) | {
+      str(d.id) for d in jsonl.read_documents(os.path.join(small_wikiel, "oke_2016.docs.jsonl"))}
+  assert calibration == [i for i in kore + [str(d.id) for d in jsonl.read_documents(
+      os.path.join(small_wikiel, "oke_2016.docs.jsonl"))] if wikipedia.in_dev_slice(i, 0.5)]
+  train_ids = [str(d.id) for d in data.train_documents]
+  assert not set(calibration) & set(train_ids)
+  for i in kore:
+    assert train_ids.count(i) == (0 if i in calibration else 3)
+  # Their mentions train no stage either.
+  assert not {wikipedia.document_of(m) for m in data.train} & set(calibration)
 
 
 def test_runlocal_runs_the_whole_chain_on_real_text(small_wikiel, tmp_path):

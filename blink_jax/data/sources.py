@@ -53,6 +53,10 @@ class LinkingData:
   evals: dict[str, Records[Mention]]
   train_documents: list[Document] = dataclasses.field(default_factory=list)
   eval_documents: dict[str, list[Document]] = dataclasses.field(default_factory=dict)
+  # Documents that calibrate the linker's thresholds, never trained on by any
+  # stage. Empty: the linker holds out `linker.heldout_fraction` of
+  # train_documents instead.
+  calibration_documents: list[Document] = dataclasses.field(default_factory=list)
 
   def entities_for(self, mentions: Records[Mention]) -> Records[Entity]:
     """The catalogue restricted to the worlds of `mentions` (all if no worlds)."""

@@ -166,6 +166,11 @@ def weak_pairs(annotated: Annotated, *, max_per_entity: int) -> list[Mention]:
   return out
 
 
+def document_of(mention: Mention) -> str:
+  """The id of the wikiel document a dev-set mention comes from ("<doc id>-<i>")."""
+  return str(mention.id).rsplit("-", 1)[0]
+
+
 def log_weak_stats(docs: list[Document], pairs: list[Mention]) -> None:
   spans = [s for d in docs for s in d.spans]
   linked = sum(1 for s in spans if s.label_id is not None and s.label_id >= 0)
@@ -192,18 +197,32 @@ def load(d, *, documents: bool) -> dict:
   train_sets = [s for s in DEV_SETS if s != d.fold]
   mentions = {s: jsonl.open_mentions(os.path.join(d.wikiel_dir, f"{s}.mentions.jsonl"),
                                      catalogue_ids=ids) for s in DEV_SETS}
+  docs = {s: jsonl.read_documents(os.path.join(d.wikiel_dir, f"{s}.docs.jsonl"),
+                                  catalogue_ids=ids) for s in train_sets}
+  # Real documents for the linker's thresholds: out of every stage's training,
+  # mentions included (a mention's id is its document's id + "-<i>").
+  calibration = {str(doc.id) for s in train_sets for doc in docs[s]
+                 if in_dev_slice(str(doc.id), d.get("calibration_fraction", 0.0))}
+  trained = [mentions[s].subset([i for i, m in enumerate(mentions[s])
+                                 if document_of(m) not in calibration])
+             for s in train_sets]
   out = {
       "entities": entities,
-      "train": Records.concat([Records.of(pairs)] + [mentions[s] for s in train_sets]),
+      "train": Records.concat([Records.of(pairs)] + trained),
       "evals": ({d.fold: mentions[d.fold]} if d.fold else {})
                | {"summaries_dev": Records.of(weak_pairs(dev_part, max_per_entity=cap))},
   }
   if documents:
-    docs = {s: jsonl.read_documents(os.path.join(d.wikiel_dir, f"{s}.docs.jsonl"),
-                                    catalogue_ids=ids) for s in DEV_SETS}
-    out["train_documents"] = train_docs + [
-        doc for s in train_sets for doc in docs[s]]
-    out["eval_documents"] = {d.fold: docs[d.fold]} if d.fold else {}
+    real = [doc for s in train_sets for doc in docs[s] if str(doc.id) not in calibration]
+    out["train_documents"] = train_docs + real * int(d.get("dev_document_repeat", 1))
+    out["calibration_documents"] = [doc for s in train_sets for doc in docs[s]
+                                    if str(doc.id) in calibration]
+    if d.fold:
+      out["eval_documents"] = {d.fold: jsonl.read_documents(
+          os.path.join(d.wikiel_dir, f"{d.fold}.docs.jsonl"), catalogue_ids=ids)}
+    logging.info("Wikipedia documents: %d summaries + %d real (x%d) to train the linker, "
+                 "%d real to calibrate it.", len(train_docs), len(real),
+                 int(d.get("dev_document_repeat", 1)), len(out["calibration_documents"]))
   logging.info("Wikipedia data: %d entities; training on %d summary pairs + dev sets %s "
                "(%d mentions); held out: %s.", len(entities), len(pairs),
                ", ".join(train_sets), len(out["train"]) - len(pairs), d.fold or "none")

@@ -8,6 +8,7 @@ from absl import logging
 
 from blink_jax import evaluate
 from blink_jax.data import pipeline
+from blink_jax.inference import ranking
 from blink_jax.inference import rerank
 
 
@@ -15,7 +16,8 @@ class Rerank:
   """Normalized / unnormalized accuracy and candidate recall, per world.
 
   Reads the stage's candidate lists from `ctx.extra["candidates"]` ({set:
-  Candidates}); re-ranks the top `cross.k` of each.
+  Candidates}); re-ranks the top `cross.k` of each, by the cross-encoder or,
+  with `cross.bi_weight` > 0, by its product with the bi-encoder.
   """
 
   STAGES = ("crossencoder",)
@@ -37,6 +39,14 @@ class Rerank:
       scores = rerank.score_candidates(model, builder, mesh=c.mesh,
                                        batch_size=cc.eval_batch_size,
                                        desc=f"re-ranking {name}")
+      w = float(cc.get("bi_weight", 0.0))
+      if w:  # The cross-encoder alone too, to show what the product adds.
+        alone = evaluate.recall_report(rerank.rerank(cands, scores), mentions, ks,
+                                       normalize_k=k)
+        c.writer.results(f"{name}/cross-encoder alone", alone, step)
+        logging.info("%s cross-encoder alone: unnormalized acc %.3f.", name,
+                     alone["macro/unnormalized_accuracy"])
+        scores = ranking.product(scores, cands.top(k).scores, w)
       r = results[name] = evaluate.recall_report(rerank.rerank(cands, scores), mentions, ks,
                                                  normalize_k=k)
       c.writer.results(f"{name}/bi-encoder + cross-encoder", r, step)

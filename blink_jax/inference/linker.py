@@ -274,8 +274,10 @@ class Linker:
       return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
     scores, ids = self.candidates(mentions, k, worlds)
     if mode == "full":
+      bi_ids, bi_scores = ids, scores
       ids = self._hybrid(mentions, ids, worlds)
-      scores = self.rerank(mentions, ids)
+      scores = ranking.product(self.rerank(mentions, ids), aligned(bi_ids, bi_scores, ids),
+                               float(self.config.cross.get("bi_weight", 0.0)))
       order = np.argsort(-scores, 1, kind="stable")
       scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
     return ids, scores
@@ -346,6 +348,21 @@ def render(text: str, spans: Sequence[dict], *, html: bool = False) -> str:
     pos = r["end"]
   out.append(esc(text[pos:]))
   return "".join(out)
+
+
+def aligned(ids: np.ndarray, scores: np.ndarray, other: np.ndarray) -> np.ndarray:
+  """The scores [N, K'] of the entities `other` [N, K'] in the ranked lists (ids, scores).
+
+  An entity that the list lacks (a lexical-only candidate of hybrid retrieval)
+  gets its row's lowest score; padding (-1) gets -inf.
+  """
+  if other is ids:
+    return scores
+  hit = other[:, :, None] == ids[:, None, :]
+  floor = np.min(np.where(np.isfinite(scores), scores, np.inf), axis=1, keepdims=True)
+  floor = np.where(np.isfinite(floor), floor, 0.0)
+  out = np.where(hit.any(2), np.take_along_axis(scores, hit.argmax(2), 1), floor)
+  return np.where(other >= 0, out, -np.inf).astype(np.float32)
 
 
 def confidence(scores: np.ndarray) -> np.ndarray:

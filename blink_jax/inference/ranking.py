@@ -46,6 +46,29 @@ class Candidates:
     return np.where(hit.any(1), hit.argmax(1), -1)
 
 
+def log_softmax(scores: np.ndarray) -> np.ndarray:
+  """Row-wise log softmax of [N, K] scores; -inf (padding) stays -inf."""
+  scores = np.asarray(scores, np.float64)
+  top = np.max(np.where(np.isfinite(scores), scores, -np.inf), axis=1, keepdims=True)
+  top = np.where(np.isfinite(top), top, 0.0)
+  z = np.exp(scores - top).sum(1, keepdims=True)
+  return scores - top - np.log(np.where(z > 0, z, 1.0))
+
+
+def product(cross: np.ndarray, bi: np.ndarray, bi_weight: float) -> np.ndarray:
+  """log p_cross + bi_weight * log p_bi over each row's K candidates.
+
+  The two models' candidate distributions multiplied (a product of experts):
+  the cross-encoder re-orders, the bi-encoder's confidence tempers it where the
+  cross-encoder saw too little training. 0 gives the cross-encoder alone.
+  Both [N, K] over the same candidates; -inf marks padding in either.
+  """
+  out = log_softmax(cross)
+  if bi_weight:
+    out = out + bi_weight * log_softmax(bi)
+  return out.astype(np.float32)
+
+
 def rrf(rankings: Sequence[np.ndarray], labels: np.ndarray, k: int, *,
         weights: Sequence[float] | None = None, c: float = RRF_C) -> Candidates:
   """The top k of the reciprocal-rank fusion of `rankings` (entity ids [N, K_i], -1 pads).

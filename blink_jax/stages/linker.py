@@ -22,7 +22,9 @@ whose entity is not in the catalogue or not in the top k are dropped from the
 linking loss and counted.
 
 A fraction of the training documents is held out to calibrate the mention
-and NIL thresholds (`inference/calibration.py`). Held-out documents of the
+and NIL thresholds (`inference/calibration.py`), unless the data source keeps
+its own calibration documents (`LinkingData.calibration_documents`: the
+real-text recipe calibrates on real documents, not on weakly annotated ones). Held-out documents of the
 training worlds give the model more confidence than unseen worlds will, so
 in zero-shot use the threshold errs towards NIL; `linker.nil_prior` = 0
 turns NIL off.
@@ -159,8 +161,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   if not data.train_documents:
     raise ValueError("The linker trains on documents with annotated spans "
                      "(config.data.train_documents, or the synthetic worlds).")
-  train_docs, heldout = split_documents(data.train_documents, lc.heldout_fraction,
-                                        config.seed)
+  if data.calibration_documents:  # Kept out by the data source (real text).
+    train_docs, heldout = data.train_documents, data.calibration_documents
+  else:
+    train_docs, heldout = split_documents(data.train_documents, lc.heldout_fraction,
+                                          config.seed)
   windows = documents.make_windows(
       tok, [d.text for d in train_docs], max_len=lc.max_len, max_width=lc.max_width,
       spans=[[(s.start, s.end) for s in d.spans] for d in train_docs])
