@@ -268,11 +268,11 @@ def test_full_mode_multiplies_with_the_bi_encoder_when_asked(linked):
   ms = [linker_lib._as_mention({"context_left": "It was said that ", "mention": "Gegwe",
                                 "context_right": " had always been faithful."})]
   k = int(full.config.cross.k)
-  bi_scores, bi_ids = full.candidates(ms, k, [ms[0].world])
+  bi_scores, bi_ids = full.candidates(ms, k)
   cross = full.rerank(ms, bi_ids)
   for w in (0.0, 1.5):
     full.config.cross.bi_weight = w
-    ids, scores = full.scored(ms, [ms[0].world])
+    ids, scores = full.scored(ms)
     want = ranking.product(cross, bi_scores, w)[0]
     order = np.argsort(-want, kind="stable")
     np.testing.assert_array_equal(ids[0], bi_ids[0][order])
