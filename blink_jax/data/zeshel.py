@@ -298,6 +298,16 @@ class _Replayable(Generic[T]):
     return self._make()
 
 
+def check_raw_dir(raw_dir: PathLike) -> None:
+  """Fails, before any work, when `raw_dir` is not an unpacked Zeshel release."""
+  raw_dir = Path(raw_dir)
+  if not (raw_dir / "documents").is_dir():
+    raise FileNotFoundError(
+        f"config.data.zeshel_dir={os.fspath(raw_dir)!r} has no documents/ folder: point it "
+        "at the unpacked Zeshel release (documents/<world>.json, mentions/<split>.json).")
+  _check_mention_files(raw_dir, SPLITS)
+
+
 def _check_mention_files(raw_dir: Path, splits: Iterable[str]) -> None:
   """Fails before the long documents pass, not after it, when a mentions file is missing."""
   for split in splits:
