@@ -25,8 +25,9 @@ Guarantees:
 * Resume: a run that finds a state and a partial file for the same input (same fingerprint,
   format and text field) cuts the partial file back to the recorded size, which drops a
   half-written tail, seeks the input to the recorded offset and goes on; the records of
-  finished batches are not linked again. Anything else (no state, an unreadable state, a changed input, a partial file
-  shorter than recorded) starts over, with a log line saying why.
+  finished batches are not linked again. Anything else (no state, an unreadable state, a
+  changed input, a partial file shorter than recorded) starts over, with a log line saying
+  why.
 * An existing complete `output_path` is not a reason to skip work: a new run links everything
   again and replaces it at the end (until then the old file stays as it was).
 """
