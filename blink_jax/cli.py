@@ -3,12 +3,15 @@
   if __name__ == "__main__":
     cli.run(main)        # in place of absl's app.run(main)
 
-A user's mistake (a missing file, a bad flag value, a bad input line, an
+A user's mistake (a missing file, a bad value, a bad input line, an
 artifact made by another model) ends the run with one line on stderr,
 `error: <what>`, and exit status 1; `--debug` shows the traceback
-instead. Any other exception is a bug and keeps its traceback. Library INFO
-lines that a user cannot act on (Orbax's per-checkpoint detail, JAX's probing
-of platforms the machine lacks) are dropped from the log.
+instead. Any other exception is a bug and keeps its traceback. Ctrl-C ends
+with `error: interrupted` and status 130. (A flag that does not parse, e.g.
+--batch_size=0 where it must be positive, is absl's to report, before
+`main` runs.) Library INFO lines that a user cannot act on (Orbax's
+per-checkpoint detail, JAX's probing of platforms the machine lacks) are
+dropped from the log.
 """
 
 from __future__ import annotations

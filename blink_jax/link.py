@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from absl import app
 from absl import flags
@@ -36,6 +36,9 @@ from absl import logging
 
 from blink_jax import cli
 from blink_jax import link_io
+
+if TYPE_CHECKING:  # Imported when used: see MODES.
+  from blink_jax.inference.linker import Linker
 
 STDIN = "-"
 # The Linker's MODES, spelled out: importing the linker (and JAX) takes longer than a
@@ -134,7 +137,7 @@ def _existing_parent(directory: str) -> str:
 
 # ----------------------------------------------------------------------------- linking
 def load_linker(workdir: str, *, mode: str, entities: str | None, skip_bad: bool,
-                overrides: dict[str, Any]):
+                overrides: dict[str, Any]) -> Linker:
   """The trained linker of `workdir`; a bad catalogue line says how to skip such lines."""
   # pylint: disable=g-import-not-at-top
   from blink_jax.data import jsonl
@@ -149,7 +152,7 @@ def load_linker(workdir: str, *, mode: str, entities: str | None, skip_bad: bool
     raise cli.UserError(f"{e} (--skip_bad skips the catalogue's bad lines)") from e
 
 
-def link_records(linker, records: list[dict], *, text_field: str,
+def link_records(linker: Linker, records: list[dict], *, text_field: str,
                  use_worlds: bool) -> list[list[dict]]:
   """The linker's spans of each record's text (candidates from its world if asked)."""
   texts = [r[text_field] for r in records]

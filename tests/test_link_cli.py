@@ -91,3 +91,12 @@ def test_setup_declares_the_console_script_and_it_runs(monkeypatch, tmp_path):
                        cwd=REPO, capture_output=True, text=True, timeout=120)
   assert out.returncode == 1
   assert out.stderr == f"error: --input={tmp_path / 'x.txt'}: no such file\n"
+
+
+def test_the_modes_spelled_out_are_the_linkers():
+  # link.py names the modes without importing the linker (and JAX); they must agree.
+  code = ("from blink_jax import link; from blink_jax.inference import linker; "
+          "assert link.MODES == linker.MODES, (link.MODES, linker.MODES)")
+  out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                       text=True, timeout=120)
+  assert out.returncode == 0, out.stderr[-2000:]
