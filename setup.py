@@ -51,4 +51,10 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["blink_jax", "blink_jax.*", "configs"]),
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": TEST_REQUIRES},
+    # Command lines, one per entry module (each also runs as `python -m <module>`). A new
+    # command (e.g. an HTTP server) adds its line here and uses `blink_jax.cli.run` for the
+    # same logs and errors.
+    entry_points={"console_scripts": [
+        "blink-jax-link = blink_jax.link:console_main",
+    ]},
 )

@@ -59,6 +59,19 @@ def format_linking(results: Mapping[str, dict]) -> str:
   return "\n".join(lines)
 
 
+def excerpt(text: str, limit: int) -> tuple[str, bool]:
+  """At most `limit` characters of `text`, cut after a whole word; and whether it was cut.
+
+  The demo links the excerpt itself: a word cut in half would be linked as a broken name.
+  """
+  if len(text) <= limit:
+    return text, False
+  cut = text[:limit]
+  if not text[limit].isspace() and len(cut.split()) > 1:
+    cut = cut.rsplit(None, 1)[0]  # The limit falls inside a word: that word goes.
+  return cut.rstrip(), True
+
+
 def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
   """Runs the demo; returns {system: report on the test worlds}."""
   t0 = time.time()
@@ -103,7 +116,7 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, dict]:
         "strong = exact span, weak = overlap):")
   print(format_linking({f"linker, {name.split('/')[1]} mode": r
                         for name, r in linked["metrics"].items() if name.startswith("test/")}))
-  example = docs[0].text[:300]
-  print(f"\nLinked: {linked['linker'].render(example)}")
+  example, cut = excerpt(docs[0].text, 300)
+  print(f"\nLinked: {linked['linker'].render(example)}{' ...' if cut else ''}")
   print(f"\n[{time.time() - t0:.0f}s] metrics in {os.path.join(workdir, 'metrics.json')}")
   return rows

@@ -1,11 +1,17 @@
-"""Streaming, resumable jsonl linking: input documents in, the same documents with entities out.
+"""Streaming, resumable linking: texts in, the same records with entities out.
 
-Input: one JSON object per line with a string field (default "text"); other keys (e.g. "id")
-are kept. Output: the input object plus "entities": the linker's result for that record (any
-JSON value, e.g. a list of spans; an input "entities" key is replaced), one line per good
-input line, in input order. A bad input line (invalid UTF-8, not JSON, not an object, text
-field missing or not a string) is logged as a warning naming path:lineno, counted by reason
-(the reasons of jsonl.decode_line) and skipped; blank lines are skipped silently.
+Input, one record per line, in one of two formats:
+* "jsonl": a JSON object with a string field (default "text"); other keys (e.g. "id") are kept;
+* "text": the line itself is the text; its record is {"line": line number, "text": the line
+  without its line break}.
+Output: the record plus "entities": the linker's result for that record (any JSON value,
+e.g. a list of spans; an input "entities" key is replaced), one jsonl line per good input
+line, in input order. A bad input line (invalid UTF-8; in jsonl also not JSON, not an object,
+text field missing or not a string) is logged as a warning naming path:lineno, counted by
+reason (the reasons of jsonl.decode_line) and skipped; blank lines are skipped silently.
+
+`stream` reads a file and writes a file, with the guarantees below; `stream_pipe` reads and
+writes open streams (stdin, stdout), a batch at a time and without resume.
 
 Guarantees:
 
@@ -13,14 +19,15 @@ Guarantees:
 * `output_path` only ever holds a complete output. Lines go to `output_path + ".partial"`;
   after each batch is flushed and fsynced, a small JSON state, `output_path + ".progress"`,
   is replaced atomically: the input lines and bytes consumed, the output bytes written, the
-  input's size and mtime (its fingerprint), the text field, the caller's settings (which
-  linker made the lines) and the counts so far. At the end
-  the partial file is renamed onto `output_path` and the state is deleted.
-* Resume: a run that finds a state and a partial file for the same input (same fingerprint and
-  text field) cuts the partial file back to the recorded size, which drops a half-written tail,
-  seeks the input to the recorded offset and goes on; the records of finished batches are not
-  linked again. Anything else (no state, an unreadable state, a changed input, a partial file
-  shorter than recorded) starts over, with a log line saying why.
+  input's size and mtime (its fingerprint), its format and text field, the caller's settings
+  (which linker made the lines) and the counts so far. At the end the partial file is
+  renamed onto `output_path` and the state is deleted.
+* Resume: a run that finds a state and a partial file for the same input (same fingerprint,
+  format and text field) cuts the partial file back to the recorded size, which drops a
+  half-written tail, seeks the input to the recorded offset and goes on; the records of
+  finished batches are not linked again. Anything else (no state, an unreadable state, a
+  changed input, a partial file shorter than recorded) starts over, with a log line saying
+  why.
 * An existing complete `output_path` is not a reason to skip work: a new run links everything
   again and replaces it at the end (until then the old file stays as it was).
 """
@@ -33,17 +40,21 @@ import dataclasses
 import json
 import logging
 import os
+import tempfile
 from collections.abc import Iterator
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 from blink_jax import progress as progress_lib
 # _field is jsonl's field check: reusing it keeps the reasons ("missing_field", "bad_field")
 # and messages the same as every other reader's.
-from blink_jax.data.jsonl import LineError, PathLike, _field, decode_line
+from blink_jax.data.jsonl import (LineError, PathLike, _field, decode_line, decode_utf8,
+                                  skip_line)
 
 log = logging.getLogger(__name__)
 
 LinkBatch = Callable[[list[dict]], list[Any]]
+ParseLine = Callable[[bytes, int], "dict | None"]
+FORMATS = ("jsonl", "text")
 _STATE_VERSION = 1
 
 
@@ -57,43 +68,73 @@ class StreamStats:
   resumed_from_line: int = 0  # Input lines an earlier run had consumed; 0 for a fresh start.
 
 
-def iter_input(path: PathLike, *, text_field: str = "text", offset: int = 0, lineno: int = 0,
+def parser(input_format: str, text_field: str = "text") -> ParseLine:
+  """`parse(raw line, line number)`: the line's record, None for a blank line, or LineError."""
+  if input_format not in FORMATS:
+    raise ValueError(f"input format must be one of {FORMATS}, got {input_format!r}")
+
+  def parse_jsonl(raw: bytes, lineno: int) -> dict | None:
+    del lineno  # A jsonl record carries its own keys (e.g. "id").
+    obj = decode_line(raw)
+    if obj is not None:
+      _field(obj, text_field, str)
+    return obj
+
+  def parse_text(raw: bytes, lineno: int) -> dict | None:
+    # Only the line break goes: other white space is part of the text its offsets index.
+    text = decode_utf8(raw).rstrip("\r\n")
+    # The line number lets a reader line the output up with an input that had blank lines.
+    return {"line": lineno, text_field: text} if text.strip() else None
+
+  return parse_jsonl if input_format == "jsonl" else parse_text
+
+
+def iter_input(path: PathLike, *, text_field: str = "text", input_format: str = "jsonl",
+               offset: int = 0, lineno: int = 0,
                stats: StreamStats | None = None) -> Iterator[tuple[dict, int, int]]:
   """Yields (record, line number, byte offset after the line) for each good line of `path`.
 
   Reading starts at byte `offset`, which is line `lineno` + 1. Bad lines are logged, counted
   in `stats` and skipped. A generator: one line in memory at a time.
   """
-  for obj, lineno, offset in _lines(path, text_field, offset, lineno, stats):
-    if obj is not None:
-      yield obj, lineno, offset
-
-
-def _lines(path: PathLike, text_field: str, offset: int, lineno: int,
-           stats: StreamStats | None) -> Iterator[tuple[dict | None, int, int]]:
-  """Like iter_input, but yields every line, with None for a blank or bad one, so that the
-  caller always knows how far the input has been consumed."""
-  stats = stats if stats is not None else StreamStats()
-  with open(path, "rb") as f:  # Binary: exact offsets, and a bad byte keeps its line number.
+  with open(path, "rb") as f:
     f.seek(offset)
-    for lineno, raw in enumerate(f, start=lineno + 1):
-      offset += len(raw)
-      try:
-        obj = decode_line(raw)
-        if obj is not None:
-          _field(obj, text_field, str)
-      except LineError as e:
-        log.warning("%s:%d: %s (%s); line skipped", path, lineno, e.what, e.reason)
-        stats.skipped += 1
-        stats.reasons[e.reason] += 1
-        obj = None
-      yield obj, lineno, offset
+    for obj, lineno, offset in _lines(f, path, parser(input_format, text_field), offset,
+                                      lineno, stats):
+      if obj is not None:
+        yield obj, lineno, offset
 
 
-def _fingerprint(path: PathLike, text_field: str, settings: Any) -> dict[str, Any]:
+def _lines(f: BinaryIO, name: PathLike, parse: ParseLine, offset: int, lineno: int,
+           stats: StreamStats | None) -> Iterator[tuple[dict | None, int, int]]:
+  """Like iter_input over the open binary `f` (at `offset`), but yields every line, with None
+  for a blank or bad one, so that the caller always knows how far the input has been
+  consumed. Binary: exact offsets, and a bad byte keeps its line number."""
+  stats = stats if stats is not None else StreamStats()
+  for lineno, raw in enumerate(f, start=lineno + 1):
+    offset += len(raw)
+    try:
+      obj = parse(raw, lineno)
+    except LineError as e:
+      skip_line(stats, name, lineno, e)
+      obj = None
+    yield obj, lineno, offset
+
+
+def count_texts(path: PathLike) -> int:
+  """The lines of `path` that are not blank: the texts (good or bad) a run will go through."""
+  with open(path, "rb") as f:
+    # bytes.strip() removes less than str.strip(), so this never counts fewer texts than
+    # the readers find; a line of only non-ASCII spaces is the one it counts and they skip.
+    return sum(1 for raw in f if raw.strip())
+
+
+def _fingerprint(path: PathLike, input_format: str, text_field: str,
+                 settings: Any) -> dict[str, Any]:
   st = os.stat(path)
   # Through JSON, so that it compares equal to the copy read back from the state.
-  return {"input_size": st.st_size, "input_mtime_ns": st.st_mtime_ns, "text_field": text_field,
+  return {"input_size": st.st_size, "input_mtime_ns": st.st_mtime_ns,
+          "input_format": input_format, "text_field": text_field,
           "settings": json.loads(json.dumps(settings, sort_keys=True))}
 
 
@@ -127,17 +168,17 @@ def _resumable(state: dict[str, Any] | None, partial: str,
   if state.get("version") != _STATE_VERSION:
     return f"state version {state.get('version')!r} != {_STATE_VERSION}"
   if {k: state.get(k) for k in fingerprint} != fingerprint:
-    return ("the input (size, mtime or text field) or the linker's settings changed since "
-            "the earlier run")
+    return ("the input (size, mtime, format or text field) or the linker's settings changed "
+            "since the earlier run")
   if os.path.getsize(partial) < state["output_bytes"]:
     return "the partial output is shorter than recorded"
   return None
 
 
 def stream(input_path: PathLike, output_path: PathLike, link_batch: LinkBatch, *,
-           batch_size: int = 64, text_field: str = "text", progress: bool = True,
-           settings: Any = None) -> StreamStats:
-  """Links every record of the jsonl `input_path` into `output_path`, resuming if it can.
+           batch_size: int = 64, text_field: str = "text", input_format: str = "jsonl",
+           progress: bool = True, settings: Any = None) -> StreamStats:
+  """Links every record of `input_path` into `output_path`, resuming if it can.
 
   `link_batch` gets up to `batch_size` input objects and returns one JSON-serializable result
   per object, stored under "entities". `settings` (JSON-serializable: the model, mode, ...)
@@ -146,9 +187,10 @@ def stream(input_path: PathLike, output_path: PathLike, link_batch: LinkBatch, *
   """
   if batch_size < 1:
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  parse = parser(input_format, text_field)
   output_path = os.fspath(output_path)
   partial, state_path = output_path + ".partial", output_path + ".progress"
-  fingerprint = _fingerprint(input_path, text_field, settings)
+  fingerprint = _fingerprint(input_path, input_format, text_field, settings)
   state = _load_state(state_path)
   why_not = _resumable(state, partial, fingerprint)
   stats = StreamStats()
@@ -173,50 +215,113 @@ def stream(input_path: PathLike, output_path: PathLike, link_batch: LinkBatch, *
                              "lines": lines, "output_bytes": out_bytes, "linked": stats.linked,
                              "reasons": dict(stats.reasons)})
 
-  bar = progress_lib.progress(fingerprint["input_size"], initial=offset, desc="linking",
-                             unit="B", unit_scale=True, disable=not progress)
-  # closing(): an exception from link_batch must not leave the input open until GC.
-  with (open(partial, "r+b" if why_not is None else "wb") as out, bar,
-        contextlib.closing(_lines(input_path, text_field, offset, lines, stats)) as lines_iter):
+  # The bar counts texts, a bad one included: every non-blank line is one.
+  total = count_texts(input_path) if progress else 0
+  bar = progress_lib.progress(total, initial=stats.linked + stats.skipped, desc="linking",
+                              unit="text", disable=not progress)
+  with (open(input_path, "rb") as source, open(partial, "r+b" if why_not is None else "wb")
+        as out, bar):
+    source.seek(offset)
     out.truncate(out_bytes)  # Drops a tail written after the last saved state.
     out.seek(out_bytes)
     if why_not is not None:
       save(offset, lines, out_bytes)
-    batch: list[dict] = []
-    done = False
-    while not done:
-      item = next(lines_iter, None)
-      done = item is None
-      if not done:
-        obj, lines, offset = item
-        if obj is None:
-          continue
-        batch.append(obj)
-      # Saved right after a batch's last line (or at the end), the state's counts and
-      # position describe exactly the same lines.
-      if batch and (len(batch) == batch_size or done):
-        out_bytes += _write_batch(out, batch, link_batch)
-        stats.linked += len(batch)
-        batch = []
-        save(offset, lines, out_bytes)
-        bar.update(offset - bar.n)
-    bar.update(fingerprint["input_size"] - bar.n)  # Trailing blank or bad lines.
+    # Each batch comes right after its last line is read, so the state saved after it
+    # describes exactly the lines read so far: its counts and its position agree.
+    for batch, lines, offset in _batches(
+        _lines(source, input_path, parse, offset, lines, stats), batch_size):
+      out_bytes += _write_batch(out, batch, link_batch)
+      stats.linked += len(batch)
+      save(offset, lines, out_bytes)
+      bar.update(stats.linked + stats.skipped - bar.n)
+    bar.update(max(bar.total - bar.n, 0))  # Trailing bad lines, lines of only odd spaces.
   os.replace(partial, output_path)
   os.unlink(state_path)
-  log.info("%s: %d records linked, %d bad lines skipped%s", output_path, stats.linked,
-           stats.skipped, f" ({dict(sorted(stats.reasons.items()))})" if stats.skipped else "")
+  _log_done(output_path, stats)
   return stats
 
 
-def _write_batch(out, batch: list[dict], link_batch: LinkBatch) -> int:
+def stream_pipe(source: BinaryIO, sink: BinaryIO, link_batch: LinkBatch, *,
+                name: str = "<stdin>", batch_size: int = 64, text_field: str = "text",
+                input_format: str = "text") -> StreamStats:
+  """Links the lines of the open binary stream `source` into `sink`, a batch at a time.
+
+  For pipes (stdin, stdout): no resume, since a pipe cannot be read again, and each batch is
+  flushed as soon as it is linked, so that a reader downstream sees results while the input
+  still arrives. `name` stands for the source in warnings ("<stdin>:3: ..."). Formats and
+  skipping are as for `stream`.
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+  stats = StreamStats()
+  parse = parser(input_format, text_field)
+  for batch, _, _ in _batches(_lines(source, name, parse, 0, 0, stats), batch_size):
+    sink.write(_encode_batch(batch, link_batch))
+    sink.flush()
+    stats.linked += len(batch)
+  _log_done(name, stats)
+  return stats
+
+
+@contextlib.contextmanager
+def replaced_when_done(path: PathLike) -> Iterator[BinaryIO]:
+  """A binary file that becomes `path` when the block ends without an error.
+
+  For output that cannot be resumed (from a pipe): `path` only ever holds a complete output,
+  and its `.partial` and `.progress` files, which a resumable run may own, are left alone.
+  """
+  path = os.fspath(path)
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
+                             dir=directory)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      yield f
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.unlink(tmp)
+
+
+def _batches(lines: Iterator[tuple[dict | None, int, int]],
+             batch_size: int) -> Iterator[tuple[list[dict], int, int]]:
+  """Good records in batches of `batch_size` (the last may be smaller), each with the line
+  number and byte offset of the last line read."""
+  batch: list[dict] = []
+  lineno = offset = 0
+  for obj, lineno, offset in lines:
+    if obj is None:
+      continue
+    batch.append(obj)
+    if len(batch) == batch_size:
+      yield batch, lineno, offset
+      batch = []
+  if batch:
+    yield batch, lineno, offset
+
+
+def _log_done(output: str, stats: StreamStats) -> None:
+  log.info("%s: %d records linked, %d bad lines skipped%s", output, stats.linked,
+           stats.skipped, f" ({dict(sorted(stats.reasons.items()))})" if stats.skipped else "")
+
+
+def _write_batch(out: BinaryIO, batch: list[dict], link_batch: LinkBatch) -> int:
   """Links and appends one batch, durably; returns the bytes written."""
-  results = link_batch(list(batch))
-  if len(results) != len(batch):
-    raise ValueError(f"link_batch returned {len(results)} results for {len(batch)} records")
-  # Encoded in full before the first write, so a bad result leaves the file untouched.
-  data = b"".join(json.dumps({**obj, "entities": result}, ensure_ascii=False).encode("utf-8")
-                  + b"\n" for obj, result in zip(batch, results))
+  data = _encode_batch(batch, link_batch)
   out.write(data)
   out.flush()
   os.fsync(out.fileno())
   return len(data)
+
+
+def _encode_batch(batch: list[dict], link_batch: LinkBatch) -> bytes:
+  """The output lines of one batch, linked."""
+  results = link_batch(list(batch))
+  if len(results) != len(batch):
+    raise ValueError(f"link_batch returned {len(results)} results for {len(batch)} records")
+  # Encoded in full before the first write, so a bad result leaves the output untouched.
+  return b"".join(json.dumps({**obj, "entities": result}, ensure_ascii=False).encode("utf-8")
+                  + b"\n" for obj, result in zip(batch, results))

@@ -2,16 +2,20 @@
 
 Parses flags, starts multi-process JAX when asked, and hands the config to
 the function of `config.mode`. Everything below is importable without absl.
+A mistake in the config or its data ends the run with one line (`cli`;
+--debug shows the traceback).
 """
 
 import importlib
-import logging as pylogging
+import os
 
 from absl import app
 from absl import flags
 from absl import logging
+import ml_collections
 from ml_collections import config_flags
 
+from blink_jax import cli
 from blink_jax.data import sources
 from blink_jax.models import bert_checkpoint
 
@@ -40,29 +44,44 @@ MODES = {
 }
 
 
-def run(config, workdir: str):
-  """Runs `config.mode`; the same call a notebook makes."""
+def check(config) -> None:
+  """Fails before any work (and before an encoder is fetched) on an unknown mode or
+  missing data."""
   if config.mode not in MODES:
     raise ValueError(f"Unknown config.mode {config.mode!r}; known: {sorted(MODES)}.")
   sources.check(config)
+
+
+def run(config, workdir: str):
+  """Runs `config.mode`; the same call a notebook makes."""
+  check(config)
   module, fn = MODES[config.mode].split(":")
   return getattr(importlib.import_module(module), fn)(config, workdir)
 
 
-class _QuietLibraries(pylogging.Filter):
-  """Drops INFO lines of chatty libraries (Orbax logs every save in detail)."""
+def loaded_config() -> ml_collections.ConfigDict:
+  """--config, or a one-line error when its file could not be loaded.
 
-  NOISY = ("/orbax/", "/tensorboardX/")
-
-  def filter(self, record: pylogging.LogRecord) -> bool:
-    return (record.levelno >= pylogging.WARNING
-            or not any(n in record.pathname for n in self.NOISY))
+  ml_collections defers a loading error until the config is first used, and then reports
+  it over several lines; the file name and the cause are what a user needs.
+  """
+  config = FLAGS.config
+  if isinstance(config, ml_collections.ConfigDict):
+    return config
+  path = config_flags.get_config_filename(FLAGS["config"])
+  if not os.path.exists(path):
+    raise cli.UserError(f"--config={path}: no such file")
+  error = config._error  # pylint: disable=protected-access
+  raise cli.UserError(f"--config={path}: cannot be loaded: {cli.one_line(error)}")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  logging.get_absl_handler().addFilter(_QuietLibraries())
+  config = loaded_config()
+  # Before the config is logged: logging it reads each encoder's shape, which for a hub
+  # encoder (Zeshel's bert-base-uncased) means a download, and offline a network error.
+  check(config)
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.jax_distributed or FLAGS.coordinator_address:
     # CPU processes (tests, laptops) need a collectives backend; accelerators
@@ -74,9 +93,9 @@ def main(argv):
   logging.info("JAX: process %d/%d, %d local / %d global devices (%s).",
                jax.process_index(), jax.process_count(), jax.local_device_count(),
                jax.device_count(), jax.devices()[0].platform)
-  logging.info("Config:\n%s", bert_checkpoint.describe(FLAGS.config))
-  run(FLAGS.config, FLAGS.workdir)
+  logging.info("Config:\n%s", bert_checkpoint.describe(config))
+  run(config, FLAGS.workdir)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -2,15 +2,19 @@
 
 A tqdm bar redraws itself with carriage returns; written to a file (a job's
 log, `2> run.log`) it becomes one endless line. So the bar is drawn only when
-the stream is a terminal; otherwise progress is a plain, newline-terminated
-line now and then ("train: 30/120 (25%) [00:12] loss=0.310"): at each tenth
-of the loop, or after `EVERY_SECONDS` without one, never in a loop's first
-`delay` seconds, so the many short loops (encoding one text to link it) stay
-quiet. Every JAX process but 0 is silent, so a pod's log has one copy.
+the stream is a terminal that moves its cursor (not TERM=dumb); otherwise
+progress is a plain, newline-terminated line now and then ("train: 30/120
+(25%) [00:12] loss=0.310"): at each tenth of the loop, or after
+`EVERY_SECONDS` without one. Neither shows anything in a loop's first `delay`
+seconds, so the many short loops nested in a long one (encoding each batch
+of texts the linker links) stay quiet: a nested bar that is drawn and erased
+costs a terminal a line. Every JAX process but 0 is silent, so a pod's log
+has one copy.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from typing import Collection, Iterator, TextIO, TypeVar
@@ -28,15 +32,15 @@ def progress(total: int, *, desc: str, initial: int = 0, unit: str = "it",
              stream: TextIO | None = None, delay: float = DELAY) -> tqdm | LogLines:
   """A counter over `total` units that the caller advances with `.update(n)`.
 
-  A tqdm bar when `stream` (default: stderr) is a terminal, else `LogLines`
-  (`delay` applies to those); both have `.update`, `.set_postfix`, `.n`,
-  `.close` and work in `with`.
+  A tqdm bar when `stream` (default: stderr) is a terminal, else `LogLines`;
+  both show nothing in the first `delay` seconds, have `.update`,
+  `.set_postfix`, `.n`, `.total`, `.close` and work in `with`.
   """
   stream = sys.stderr if stream is None else stream
   silent = disable or not _main_process()
   if not silent and _is_terminal(stream):
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, unit_scale=unit_scale,
-                leave=leave, file=stream, dynamic_ncols=True)
+                leave=leave, file=stream, dynamic_ncols=True, delay=delay)
   return LogLines(total, desc=desc, initial=initial, unit=unit, unit_scale=unit_scale,
                   stream=stream, delay=delay, silent=silent)
 
@@ -112,6 +116,9 @@ def _main_process() -> bool:
 
 
 def _is_terminal(stream: TextIO) -> bool:
+  # A dumb terminal (Emacs' shell) ignores the cursor moves a bar redraws itself with.
+  if os.environ.get("TERM") == "dumb":
+    return False
   try:
     return stream.isatty()
   except (AttributeError, ValueError):  # No isatty, or a closed stream.

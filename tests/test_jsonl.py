@@ -150,7 +150,13 @@ def test_skip_bad_counts_and_warns(tmp_path, caplog):
   assert (stats.read, stats.skipped) == (2, 4)
   assert stats.reasons == collections.Counter(not_json=2, invalid_utf8=1, duplicate_id=1)
   warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
-  assert len(warnings) == 1 and "skipped 4 bad line(s)" in warnings[0] and str(path) in warnings[0]
+  # One warning per skipped line, naming its file and line, then the file's summary.
+  assert warnings[:4] == [
+      f"{path}:2: not valid JSON (Expecting value at column 1) (not_json); line skipped",
+      f"{path}:4: invalid UTF-8 at byte 20 (invalid_utf8); line skipped",
+      f"{path}:5: duplicate entity id 0 (duplicate_id); line skipped",
+      f"{path}:6: not valid JSON (Expecting value at column 1) (not_json); line skipped"]
+  assert len(warnings) == 5 and warnings[4].startswith(f"{path}: skipped 4 bad line(s)")
 
 
 def test_skip_bad_without_stats_still_returns_list(tmp_path):

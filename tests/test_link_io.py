@@ -212,3 +212,105 @@ def test_large_input_streams_in_batches(tmp_path):
   assert [i for b in fake.batches for i in b] == list(range(n))
   assert stats.linked == n
   assert os.path.getsize(tmp_path / "out.jsonl") > os.path.getsize(inp)
+
+
+# ------------------------------------------------------------------------- plain text, pipes
+def test_text_lines_are_records_with_their_line_numbers(tmp_path, caplog):
+  inp = tmp_path / "in.txt"
+  # CRLF and LF endings, a blank line, a bad byte, spaces kept, no newline at the end.
+  inp.write_bytes(b"first text\r\n\n  second, indented \n\xff bad\nlast one")
+  out = tmp_path / "out.jsonl"
+  with caplog.at_level(logging.WARNING):
+    stats = link_io.stream(inp, out, FakeLinker(), input_format="text", progress=False)
+  assert read_out(out) == [
+      {"line": 1, "text": "first text", "entities": [{"words": 2}]},
+      {"line": 3, "text": "  second, indented ", "entities": [{"words": 2}]},
+      {"line": 5, "text": "last one", "entities": [{"words": 2}]}]
+  assert stats.linked == 3 and stats.reasons == {"invalid_utf8": 1}
+  assert f"{inp}:4: invalid UTF-8 at byte 0 (invalid_utf8); line skipped" in caplog.text
+  # A line of text that happens to be JSON is still text.
+  inp.write_text('{"text": "x"}\n')
+  link_io.stream(inp, out, FakeLinker(), input_format="text", progress=False)
+  assert read_out(out)[0]["text"] == '{"text": "x"}'
+
+
+def test_changing_the_input_format_starts_over(tmp_path):
+  inp, _ = interrupted_input(tmp_path)
+  out = tmp_path / "out.jsonl"
+  interrupt(inp, out)
+  fake = FakeLinker()
+  stats = link_io.stream(inp, out, fake, batch_size=3, input_format="text", progress=False)
+  # As text, every line with valid UTF-8 is a record, the jsonl's bad ones included.
+  assert stats.resumed_from_line == 0 and fake.seen == 13 and stats.skipped == 1
+
+
+class _Spy:
+  """Wraps progress.progress to keep each bar it makes."""
+
+  def __init__(self, real):
+    self.real, self.bars = real, []
+
+  def __call__(self, *args, **kwargs):
+    bar = self.real(*args, **kwargs)
+    self.bars.append((args, kwargs, bar))
+    return bar
+
+
+def test_progress_counts_texts_across_a_resume(tmp_path, monkeypatch):
+  spy = _Spy(link_io.progress_lib.progress)
+  monkeypatch.setattr(link_io.progress_lib, "progress", spy)
+  inp, _ = interrupted_input(tmp_path)  # 11 good and 3 bad lines: 14 texts.
+  out = tmp_path / "out.jsonl"
+  with pytest.raises(KeyboardInterrupt):
+    link_io.stream(inp, out, FakeLinker(raise_on_call=3), batch_size=3)
+  (args, kwargs, bar), = spy.bars
+  assert (args[0], kwargs["unit"], kwargs["initial"]) == (14, "text", 0)
+  assert bar.n == 7  # 2 batches of 3 and the bad line between them.
+  link_io.stream(inp, out, FakeLinker(), batch_size=3)
+  args, kwargs, bar = spy.bars[1]
+  assert (args[0], kwargs["initial"], bar.n) == (14, 7, 14)
+  assert link_io.count_texts(inp) == 14
+
+
+def test_pipe_links_a_batch_at_a_time_and_flushes_each(tmp_path, caplog):
+  import io
+
+  class Sink(io.BytesIO):
+    def __init__(self):
+      super().__init__()
+      self.flushed: list[int] = []
+
+    def flush(self):
+      self.flushed.append(len(self.getvalue()))
+
+  source = io.BytesIO(b"one\n\ntwo words\n\xfe\nthree little words\nfour\n")
+  sink = Sink()
+  with caplog.at_level(logging.WARNING):
+    stats = link_io.stream_pipe(source, sink, FakeLinker(), batch_size=2)
+  lines = [json.loads(x) for x in sink.getvalue().splitlines()]
+  assert [(x["line"], x["entities"][0]["words"]) for x in lines] == [(1, 1), (3, 2), (5, 3),
+                                                                      (6, 1)]
+  assert sink.flushed == [len(b"".join(sink.getvalue().splitlines(True)[:n])) for n in (2, 4)]
+  assert "<stdin>:4: invalid UTF-8" in caplog.text
+  assert (stats.linked, stats.skipped) == (4, 1)
+  jsonl_in = io.BytesIO(b'{"id": 3, "text": "a b"}\n')
+  sink = Sink()
+  link_io.stream_pipe(jsonl_in, sink, FakeLinker(), input_format="jsonl")
+  assert json.loads(sink.getvalue()) == {"id": 3, "text": "a b", "entities": [{"words": 2}]}
+
+
+def test_replaced_when_done_only_on_success(tmp_path):
+  out = tmp_path / "out.jsonl"
+  out.write_bytes(b"old\n")
+  Path(f"{out}.partial").write_bytes(b"a resumable run's\n")
+  with pytest.raises(RuntimeError):
+    with link_io.replaced_when_done(out) as f:
+      f.write(b"half")
+      raise RuntimeError
+  assert out.read_bytes() == b"old\n"
+  assert sorted(os.listdir(tmp_path)) == ["out.jsonl", "out.jsonl.partial"]  # No temp file.
+  with link_io.replaced_when_done(out) as f:
+    f.write(b"new\n")
+  assert out.read_bytes() == b"new\n"
+  assert sorted(os.listdir(tmp_path)) == ["out.jsonl", "out.jsonl.partial"]
+  assert Path(f"{out}.partial").read_bytes() == b"a resumable run's\n"

@@ -2,8 +2,12 @@
 
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -323,6 +327,152 @@ def test_cli_links_a_jsonl_and_skips_bad_lines(linked, tmp_path):
   assert "link/test/fast" in after
   assert {k: v for k, v in after.items() if k != "link/test/fast"} == before
   assert not os.path.exists(str(dst) + ".partial")
+  # The log is the CLI's own: no Orbax restore detail (~35 lines), no JAX platform probing.
+  info = [line for line in proc.stderr.splitlines() if re.match(r"I\d{4} ", line)]
+  assert len(info) <= 4, info
+  assert "Unable to initialize backend" not in proc.stderr
+
+
+def _link_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess:
+  """`python -m blink_jax.link ARGS` on one CPU device, as a user runs it."""
+  env = {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": REPO}
+  return subprocess.run([sys.executable, "-m", "blink_jax.link", *args], input=stdin,
+                        stdin=None if stdin is not None else subprocess.DEVNULL,
+                        capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+
+
+def test_cli_links_plain_text_from_stdin_and_from_a_txt_file(linked, tmp_path):
+  _, workdir, _ = linked
+  texts = "Later that year, Gegwe was often seen near the river.\n\n" \
+          "It was said that Gegwe had always been faithful.\n"
+  # Every span is kept (threshold -1e9), so that each text has some to check.
+  args = (f"--workdir={workdir}", "--mention_threshold=-1e9")
+  piped = _link_cli(*args, stdin=texts)
+  assert piped.returncode == 0, piped.stderr[-3000:]
+  rows = [json.loads(line) for line in piped.stdout.splitlines()]
+  lines = texts.split("\n")
+  assert [(r["line"], r["text"]) for r in rows] == [(1, lines[0]), (3, lines[2])]
+  for r in rows:
+    assert r["entities"]
+    for e in r["entities"]:
+      assert r["text"][e["start"]:e["end"]] == e["mention"]
+  assert piped.stderr.splitlines()[-1] == "Linked 2 texts."  # stdout holds only the lines.
+  # The same lines from a .txt file, into a file (resumable) and to stdout: the same bytes.
+  txt = tmp_path / "texts.txt"
+  txt.write_text(texts)
+  dst = tmp_path / "linked.jsonl"
+  to_file = _link_cli(*args, f"--input={txt}", f"--output={dst}")
+  assert to_file.returncode == 0, to_file.stderr[-3000:]
+  assert dst.read_text() == piped.stdout
+  assert to_file.stdout == f"Linked 2 texts into {dst}.\n"
+  to_stdout = _link_cli(*args, f"--input={txt}")
+  assert to_stdout.stdout == piped.stdout
+
+
+def test_cli_links_each_typed_line_at_once(linked):
+  """Typed into a terminal, a text is linked when its line ends, not when a batch fills."""
+  import select  # pylint: disable=g-import-not-at-top
+  _, workdir, _ = linked
+  terminal, typed = os.openpty()
+  env = {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": REPO}
+  run = subprocess.Popen([sys.executable, "-m", "blink_jax.link", f"--workdir={workdir}"],
+                         stdin=typed, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         env=env, cwd=REPO)
+  os.close(typed)
+  try:
+    os.write(terminal, b"Later that year, Gegwe was often seen near the river.\n")
+    ready, _, _ = select.select([run.stdout], [], [], 300)
+    assert ready, "no output before the end of the input"
+    row = json.loads(run.stdout.readline())
+    assert (row["line"], row["text"]) == (1, "Later that year, Gegwe was often seen near "
+                                             "the river.")
+    os.write(terminal, b"\x04")  # Ctrl-D: the end of the input.
+    _, err = run.communicate(timeout=300)
+  finally:
+    run.kill()
+    os.close(terminal)
+  assert run.returncode == 0, err[-3000:]
+  assert err.decode().splitlines()[0] == (
+      "Reading texts from the terminal, one per line; Ctrl-D ends.")
+
+
+def _private_workdir(workdir: str, dst: Path, *, checkpoints: bool = True) -> Path:
+  """`workdir` through links, but with a linker/ folder of its own: an index cached there
+  stays out of the module's workdir. Without `checkpoints`, the linker has none."""
+  (dst / "linker").mkdir(parents=True)
+  for name in os.listdir(workdir):
+    if name != "linker":
+      os.symlink(os.path.join(workdir, name), dst / name)
+  for name in os.listdir(os.path.join(workdir, "linker")):
+    if name == "checkpoints" and not checkpoints:
+      (dst / "linker" / name).mkdir()
+    elif not name.startswith("index-"):
+      os.symlink(os.path.join(workdir, "linker", name), dst / "linker" / name)
+  return dst
+
+
+def test_cli_reports_a_bad_catalogue_in_one_line_or_skips_it(linked, tmp_path):
+  _, workdir, _ = linked
+  with open(os.path.join(workdir, "data", "entities.jsonl"), encoding="utf-8") as f:
+    good = [json.loads(line) for line in f][:30]
+  kb = tmp_path / "kb.jsonl"
+  lines = [json.dumps(e) for e in good]
+  lines.insert(3, json.dumps({**good[0], "title": "Another"}))  # Line 4: a duplicate id.
+  lines.insert(7, json.dumps({"id": 10_000, "text": "No title."}))  # Line 8: no title.
+  kb.write_text("\n".join(lines) + "\n")
+  txt = tmp_path / "in.txt"
+  txt.write_text("Later that year, Gegwe was often seen near the river.\n")
+  # A linker without checkpoints: the catalogue must be checked before the model loads.
+  bare = _private_workdir(workdir, tmp_path / "bare", checkpoints=False)
+  failed = _link_cli(f"--workdir={bare}", f"--input={txt}", f"--entities={kb}")
+  assert failed.returncode == 1 and "Traceback" not in failed.stderr
+  assert failed.stderr.splitlines()[-1] == (
+      f"error: {kb}:4: duplicate entity id {good[0]['id']} "
+      "(--skip_bad skips the catalogue's bad lines)")
+  own = _private_workdir(workdir, tmp_path / "own")
+  skipped = _link_cli(f"--workdir={own}", f"--input={txt}", f"--entities={kb}",
+                      "--skip_bad", "--mention_threshold=-1e9")
+  assert skipped.returncode == 0, skipped.stderr[-3000:]
+  assert f"{kb}:4: duplicate entity id {good[0]['id']} (duplicate_id); line skipped" in (
+      skipped.stderr)
+  assert f"{kb}:8: missing field 'title' (missing_field); line skipped" in skipped.stderr
+  (row,) = [json.loads(line) for line in skipped.stdout.splitlines()]
+  assert row["entities"]
+  assert {e["entity_id"] for e in row["entities"]} <= {e["id"] for e in good}
+
+
+def test_cli_killed_and_run_again_gives_the_same_bytes(linked, tmp_path):
+  _, workdir, _ = linked
+  with open(os.path.join(workdir, "data", "test.docs.jsonl"), encoding="utf-8") as f:
+    docs = [json.loads(line) for line in f]
+  src = tmp_path / "in.jsonl"
+  src.write_text("".join(json.dumps({"id": i, "text": docs[i % len(docs)]["text"]}) + "\n"
+                         for i in range(120)))
+  args = (f"--workdir={workdir}", f"--input={src}", "--batch_size=2")
+  ref = tmp_path / "reference.jsonl"
+  assert _link_cli(*args, f"--output={ref}").returncode == 0
+  out = tmp_path / "out.jsonl"
+  env = {**os.environ, "XLA_FLAGS": "", "PYTHONPATH": REPO}
+  run = subprocess.Popen([sys.executable, "-m", "blink_jax.link", *args, f"--output={out}"],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL, env=env, cwd=REPO)
+  state = Path(f"{out}.progress")
+  while True:
+    assert run.poll() is None, "the run ended before it could be killed"
+    try:
+      done = json.loads(state.read_text())["linked"]
+    except (FileNotFoundError, ValueError):
+      done = 0
+    if done >= 10:
+      break
+    time.sleep(0.05)
+  run.send_signal(signal.SIGKILL)
+  run.wait()
+  assert not out.exists() and Path(f"{out}.partial").exists()
+  resumed = _link_cli(*args, f"--output={out}")
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert "resumed at input line" in resumed.stdout
+  assert out.read_bytes() == ref.read_bytes()
 
 
 WIKIEL = os.path.join(os.path.dirname(REPO), "shared", "data", "wikiel")

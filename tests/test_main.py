@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from blink_jax import config_utils
+from blink_jax import demo
 from blink_jax import main as blink_main
 from configs import demo as demo_config
 
@@ -103,3 +104,52 @@ print("initialized", jax.process_count())
       os.path.abspath(__file__))), capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "initialized 1" in out.stdout
+
+
+def _main(*args, cwd=REPO):
+  env = {**os.environ, "HF_HUB_OFFLINE": "1"}  # As on a machine without network.
+  return subprocess.run([sys.executable, "-m", "blink_jax.main", *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def test_a_missing_config_file_is_one_line(tmp_path):
+  out = _main("--config=configs/nope.py:runlocal", f"--workdir={tmp_path / 'w'}")
+  assert out.returncode == 1
+  assert out.stderr == "error: --config=configs/nope.py:runlocal: no such file\n"
+  out = _main("--config=configs/nope.py", f"--workdir={tmp_path / 'w'}", "--debug")
+  assert out.returncode == 1 and "Traceback" in out.stderr
+
+
+def test_zeshel_without_its_data_fails_first_and_leaves_no_workdir(tmp_path):
+  # The encoder comes from the hub (bert-base-uncased): the data must be checked before it
+  # is fetched, or an offline machine reports a network error that says nothing of the data.
+  work = tmp_path / "w"
+  out = _main("--config=configs/zeshel.py", f"--workdir={work}")
+  assert out.returncode == 1 and "Traceback" not in out.stderr
+  assert out.stderr.splitlines()[-1].startswith(
+      "error: data.kind='zeshel' needs --config.data.zeshel_dir=PATH")
+  assert "bert-base-uncased" not in out.stderr and not work.exists()
+  out = _main("--config=configs/zeshel.py", f"--workdir={work}",
+              f"--config.data.zeshel_dir={tmp_path / 'nothing'}")
+  assert out.returncode == 1 and "has no documents/ folder" in out.stderr.splitlines()[-1]
+  assert not work.exists()
+
+
+def test_jsonl_data_is_checked_before_work(tmp_path):
+  kb = tmp_path / "kb.jsonl"
+  kb.write_text('{"id": 0, "title": "A", "text": ""}\n')
+  out = _main("--config=configs/jsonl.py", f"--workdir={tmp_path / 'w'}",
+              f"--config.data.entities={kb}", f"--config.data.eval={tmp_path / 'no.jsonl'}")
+  assert out.returncode == 1
+  assert out.stderr.splitlines()[-1].startswith(
+      f"error: config.data.eval: {tmp_path / 'no.jsonl'}: no such file")
+
+
+def test_demo_excerpt_ends_after_a_whole_word():
+  text = "Gegwe travelled to Linmi with Rukeitran. " * 10
+  for limit in range(20, 60):
+    got, cut = demo.excerpt(text, limit)
+    assert cut and len(got) <= limit and text.startswith(got)
+    assert text[len(got)].isspace(), (limit, got)  # Never half a word.
+  assert demo.excerpt("short text", 300) == ("short text", False)
+  assert demo.excerpt("Supercalifragilistic", 5) == ("Super", True)  # One word: cut anyway.

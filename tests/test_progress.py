@@ -50,7 +50,7 @@ def test_short_loops_stay_quiet():
 
 def test_a_terminal_gets_a_bar_and_other_processes_nothing(monkeypatch):
   tty = _Terminal()
-  with progress.progress(10, desc="train", stream=tty) as bar:
+  with progress.progress(10, desc="train", stream=tty, delay=0) as bar:
     bar.update(10)
   assert "\r" in tty.getvalue() and "10/10" in tty.getvalue()  # tqdm's bar.
   monkeypatch.setattr(jax, "process_index", lambda: 1)
@@ -58,6 +58,29 @@ def test_a_terminal_gets_a_bar_and_other_processes_nothing(monkeypatch):
     with progress.progress(10, desc="train", stream=stream, delay=0) as bar:
       bar.update(10)
     assert stream.getvalue() == ""
+
+
+def test_short_nested_loops_leave_a_terminal_alone():
+  # The linker encodes each batch of texts in a loop nested in the linking loop. A nested
+  # bar, drawn and erased, costs a terminal a line (and shows a blank one where cursor
+  # moves are ignored): loops shorter than `delay` must write nothing at all.
+  tty = _Terminal()
+  with progress.progress(6, desc="linking", stream=tty, delay=0) as outer:
+    for _ in range(3):
+      for _ in progress.bar(range(2), desc="mentions", unit="batch", stream=tty):
+        pass
+      outer.update(2)
+  text = tty.getvalue()
+  assert "linking" in text and "6/6" in text
+  assert "mentions" not in text and "\x1b[A" not in text  # No nested bar, no cursor moves.
+
+
+def test_a_dumb_terminal_gets_lines(monkeypatch):
+  monkeypatch.setenv("TERM", "dumb")  # Emacs' shell: a TTY that ignores cursor moves.
+  tty = _Terminal()
+  with progress.progress(10, desc="train", stream=tty, delay=0) as bar:
+    bar.update(10)
+  assert "\r" not in tty.getvalue() and "train: 10/10 (100%)" in tty.getvalue()
 
 
 def test_stderr_redirected_to_a_file_gets_lines(tmp_path):

@@ -240,6 +240,9 @@ def test_bad_record_names_file_and_line(kind, tmp_path, caplog):
     out = converted(raw, skip_bad=True, stats=stats)
   assert stats.skipped == 1 and stats.reasons == {reason: 1}
   assert f"{raw / rel}: skipped 1 bad line(s) ({reason}=1)" in caplog.text
+  # Each skipped line is named by file and line.
+  named = [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"{raw / rel}:2: ")]
+  assert len(named) == 1 and fragment in named[0] and named[0].endswith("line skipped")
   # The good records are untouched: same ids, same mentions.
   assert out == converted(write_raw(tmp_path / "clean"))
   assert "tensorflow" not in sys.modules

@@ -12,7 +12,8 @@ Three line formats (extra keys such as "dataset" are accepted and ignored):
 
 Readers decode each line themselves so that invalid UTF-8 is reported with its line number.
 A bad line raises `DataError("{path}:{lineno}: ...")`, or, with `skip_bad=True`, is skipped and
-counted in a `ReadStats`; a single warning line summarises the skips of each file.
+counted in a `ReadStats`, with a warning naming its file and line; one more warning line
+summarises the skips of each file.
 """
 
 from __future__ import annotations
@@ -239,16 +240,21 @@ def _parse_document(obj: dict, catalogue_ids: set[int] | None) -> Document:
 # ---------------------------------------------------------------------------------- readers
 
 
+def decode_utf8(raw: bytes) -> str:
+  """One raw line as text; LineError ("invalid_utf8") names the first bad byte."""
+  try:
+    return raw.decode("utf-8")
+  except UnicodeDecodeError as e:
+    raise LineError(f"invalid UTF-8 at byte {e.start}", "invalid_utf8") from None
+
+
 def decode_line(raw: bytes) -> dict | None:
   """One raw jsonl line as a JSON object; None for a blank line.
 
   Raises LineError (invalid UTF-8, not JSON, not an object) for the caller
   to report with its file and line number.
   """
-  try:
-    line = raw.decode("utf-8")
-  except UnicodeDecodeError as e:
-    raise LineError(f"invalid UTF-8 at byte {e.start}", "invalid_utf8") from None
+  line = decode_utf8(raw)
   if not line.strip():
     return None
   try:
@@ -258,6 +264,16 @@ def decode_line(raw: bytes) -> dict | None:
   if not isinstance(obj, dict):
     raise LineError(f"expected a JSON object, got {type(obj).__name__}", "not_object")
   return obj
+
+
+def skip_line(stats: Any, path: PathLike, lineno: int, error: LineError) -> None:
+  """Logs a skipped bad line as "path:lineno: what (reason); line skipped" and counts it.
+
+  `stats` is anything with `skipped` and `reasons` (a ReadStats, link_io's StreamStats).
+  """
+  log.warning("%s:%d: %s (%s); line skipped", path, lineno, error.what, error.reason)
+  stats.skipped += 1
+  stats.reasons[error.reason] += 1
 
 
 def _scan(path: PathLike, parse: Callable[[dict], T], *, skip_bad: bool,
@@ -278,8 +294,7 @@ def _scan(path: PathLike, parse: Callable[[dict], T], *, skip_bad: bool,
       except LineError as e:
         if not skip_bad:
           raise DataError(f"{path}:{lineno}: {e.what}", e.reason) from None
-        stats.skipped += 1
-        stats.reasons[e.reason] += 1
+        skip_line(stats, path, lineno, e)
         continue
       stats.read += 1
       yield start, record

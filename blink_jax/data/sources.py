@@ -105,14 +105,38 @@ def _check_titles(entities: Records[Entity], docs: list[Document]) -> None:
 
 
 def check(config: ml_collections.ConfigDict) -> None:
-  """Fails, before any work starts, when the data a config names is missing."""
+  """Fails, before any work starts, when the data a config names is missing.
+
+  Before, not after, the encoder is built: a config whose encoder comes from the hub
+  (Zeshel's bert-base-uncased) would otherwise fail first on the download, offline, with
+  an error that says nothing about the data.
+  """
   d = config.data
+  if d.kind == "jsonl":
+    _check_jsonl_paths(d)
+  if d.kind == "zeshel":
+    if not d.get("zeshel_dir"):
+      raise ValueError("data.kind='zeshel' needs --config.data.zeshel_dir=PATH "
+                       "(the unpacked Zeshel release).")
+    from blink_jax.data import zeshel  # pylint: disable=g-import-not-at-top
+    zeshel.check_raw_dir(d.zeshel_dir)
   if d.kind == "wikipedia":
     wikipedia.check_wikiel_dir(d.wikiel_dir)
     wikipedia.summaries_path(d.get("summaries") or None)
     if d.fold and d.fold not in wikipedia.DEV_SETS:
       raise ValueError(f"config.data.fold={d.fold!r}: one of {', '.join(wikipedia.DEV_SETS)} "
                        "(held out), or empty (train on all).")
+
+
+def _check_jsonl_paths(d: ml_collections.ConfigDict) -> None:
+  if not d.get("entities"):
+    raise ValueError("data.kind='jsonl' needs --config.data.entities=PATH.")
+  named = [("entities", d.entities)] + [
+      (key, p) for key in ("train", "eval", "train_documents", "eval_documents")
+      for p in _paths(d.get(key) or "")]
+  for key, path in named:
+    if not os.path.isfile(path):
+      raise FileNotFoundError(f"config.data.{key}: {path}: no such file")
 
 
 def _without_nil(train: Records[Mention]) -> Records[Mention]:
@@ -175,9 +199,7 @@ def _load(config: ml_collections.ConfigDict, workdir: str, *,
     return LinkingData(**wikipedia.load(d, documents=documents))
   if d.kind == "zeshel":
     from blink_jax.data import zeshel  # pylint: disable=g-import-not-at-top
-    if not d.get("zeshel_dir"):
-      raise ValueError("data.kind='zeshel' needs --config.data.zeshel_dir=PATH "
-                       "(the unpacked Zeshel release).")
+    check(config)
     tfds_dir = d.get("tfds_dir") or os.path.join(workdir, "tfds")
     # Build the array_record files once: process 0 first, the others wait.
     if jax.process_index() == 0:

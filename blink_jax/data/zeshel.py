@@ -41,7 +41,7 @@ import tensorflow_datasets as tfds
 # LineError and _field are jsonl's per-line error and field check: reusing them keeps messages
 # and skip reasons identical across every reader of the package.
 from blink_jax.data.jsonl import (DataError, Document, Entity, LineError, Mention, PathLike,
-                                  ReadStats, Span, _field, decode_line)
+                                  ReadStats, Span, _field, decode_line, skip_line)
 from blink_jax.data.records import Records
 
 log = logging.getLogger(__name__)
@@ -84,8 +84,7 @@ def _read_json_lines(path: Path, parse: Callable[[dict, int], T], *, skip_bad: b
       except LineError as e:
         if not skip_bad:
           raise DataError(f"{path}:{lineno}: {e.what}", e.reason) from None
-        stats.skipped += 1
-        stats.reasons[e.reason] += 1
+        skip_line(stats, path, lineno, e)
         skipped[e.reason] += 1
         continue
       stats.read += 1
@@ -297,6 +296,16 @@ class _Replayable(Generic[T]):
 
   def __iter__(self) -> Iterator[T]:
     return self._make()
+
+
+def check_raw_dir(raw_dir: PathLike) -> None:
+  """Fails, before any work, when `raw_dir` is not an unpacked Zeshel release."""
+  raw_dir = Path(raw_dir)
+  if not (raw_dir / "documents").is_dir():
+    raise FileNotFoundError(
+        f"config.data.zeshel_dir={os.fspath(raw_dir)!r} has no documents/ folder: point it "
+        "at the unpacked Zeshel release (documents/<world>.json, mentions/<split>.json).")
+  _check_mention_files(raw_dir, SPLITS)
 
 
 def _check_mention_files(raw_dir: Path, splits: Iterable[str]) -> None:

@@ -132,14 +132,18 @@ class Linker:
     config = workdir_lib.load_config(workdir, "linker")
     if overrides:
       config.update_from_flattened_dict(config_utils.flatten(overrides))
+    # The catalogue is read (and each line checked) before the model loads: a bad line is
+    # reported without first waiting for the checkpoint.
+    if entities:
+      catalogue = jsonl.open_entities(entities, skip_bad=bool(config.data.get("skip_bad")))
+    else:
+      catalogue = sources.load(config, workdir).entities
     mesh = mesh or sharding.make_mesh(config.get("mesh"))
     trained = load_lib.load(workdir, "linker", mesh)
     tok = load_lib.tokenizer(config.tokenizer)
     if entities:
-      catalogue = jsonl.open_entities(entities, skip_bad=bool(config.data.get("skip_bad")))
       index = index_for(config, workdir, trained, tok, entities, catalogue, mesh)
     else:
-      catalogue = sources.load(config, workdir).entities
       index = index_lib.Index.load(workdir_lib.linker_index_dir(workdir), mesh=mesh,
                                    expect_model=trained.identity)
     calibration = {}
