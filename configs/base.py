@@ -179,6 +179,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.linker.batch_size = 64    # Windows per call when linking.
   unset = lambda: ml_collections.FieldReference(None, field_type=float)
   config.linker.mention_threshold = unset()  # Span logit; None = calibrated.
+  # Decoding keeps non-overlapping spans best first, by logit + width_bonus x
+  # extra pieces (data/documents.decode_spans); calibration picks the bonus
+  # from this grid with the threshold. None = calibrated.
+  config.linker.width_bonus = unset()
+  config.linker.width_bonus_grid = (0.0,)
   config.linker.nil_threshold = ml_collections.ConfigDict(  # Per mode; None = calibrated.
       {"fast": unset(), "full": unset()})
   config.linker.train = ml_collections.ConfigDict(dict(config.train))

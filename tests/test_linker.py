@@ -155,6 +155,44 @@ def test_decode_keeps_the_best_of_overlapping_spans(tok):
   assert [text[s:e] for s, e, _ in out[0]] == ["cat sat", "mat"]
   assert [(s, e) for s, e, _ in out[1]] == [(0, 5)]
   assert documents.decode_spans(w, logits, 3.5, 2)[0] == [(4, 11, 4.0)]
+  # A width bonus of 0.6 per extra piece lifts "the mat" (0.5 + 0.6) over "mat"
+  # (1.0); 0.4 does not (0.9 < 1.0). Logits come back unchanged.
+  assert [text[s:e] for s, e, _ in documents.decode_spans(w, logits, 0.0, 2, 0.6)[0]] == [
+      "cat sat", "the mat"]
+  assert documents.decode_spans(w, logits, 0.0, 2, 0.6)[0][1] == (15, 22, 0.5)
+  assert [text[s:e] for s, e, _ in documents.decode_spans(w, logits, 0.0, 2, 0.4)[0]] == [
+      "cat sat", "mat"]
+
+
+def test_calibration_picks_the_width_bonus_that_finds_whole_names(tok):
+  text = "the cat sat on the mat."
+  gold = Document(id="d", text=text, spans=(jsonl.Span(4, 11, -1, "", "cat sat"),))
+  w = documents.make_windows(tok, [text], max_len=16, max_width=3)
+  logits = np.full(w.valid.shape, -9.0, np.float32)
+  logits[0, 2, 0] = 3.0   # "cat": a part, outscores the whole
+  logits[0, 3, 0] = 3.0   # "sat"
+  logits[0, 2, 1] = 2.0   # "cat sat": the gold span
+
+  class FakeLinker:  # Only what the mention half of `calibrate` reads.
+    config = ml_collections.ConfigDict({"linker": {
+        "max_len": 16, "max_width": 3, "width_bonus_grid": (0.0, 0.5, 2.0)},
+        "data": {"max_context_len": 16}})
+    width_bonus = 0.0
+
+    def __init__(self):
+      self.tok = tok
+
+    def span_logits(self, windows):
+      return logits
+
+  fake = FakeLinker()
+  out = calibration.calibrate(fake, [gold], modes=())
+  # 0.5 is not enough (2 + 0.5 < 3); 2.0 is, and F1 is then 1.
+  assert out["width_bonus"] == 2.0 and out["heldout_mention_f1"] == 1.0
+  assert fake.width_bonus == 2.0
+  FakeLinker.config.linker.width_bonus_grid = (0.0,)
+  out = calibration.calibrate(fake, [gold], modes=())
+  assert out["width_bonus"] == 0.0 and out["heldout_mention_f1"] < 1.0
 
 
 # ---------------------------------------------------------------------- NIL

@@ -65,16 +65,21 @@ def calibrate(linker: linker_lib.Linker, docs: list[Document], modes) -> dict:
   logits = linker.span_logits(windows)
   vals = logits[windows.valid]
   grid = np.unique(np.concatenate([[0.0], np.quantile(vals, np.linspace(0.8, 0.9999, 60))]))
-  best = (-1.0, 0.0)
-  for t in grid:
-    pred = documents.decode_spans(windows, logits, float(t), len(docs))
-    scores = span_metrics.score_documents(
-        ([(s, e, -1) for s, e, _ in gold_spans(d)], [(s, e, -1) for s, e, _ in p])
-        for d, p in zip(docs, pred))
-    f1 = scores["mention_detection/strong"].f1
-    best = max(best, (f1, float(t)))
-  out = {"mention_threshold": best[1], "heldout_mention_f1": best[0],
+  # The threshold and the decoder's width bonus that find the held-out spans
+  # best (strong F1); ties go to the smaller bonus, then the lower threshold.
+  best = (-1.0, 0.0, 0.0)
+  for bonus in sorted(float(b) for b in lc.get("width_bonus_grid", (0.0,))):
+    for t in grid:
+      pred = documents.decode_spans(windows, logits, float(t), len(docs), bonus)
+      scores = span_metrics.score_documents(
+          ([(s, e, -1) for s, e, _ in gold_spans(d)], [(s, e, -1) for s, e, _ in p])
+          for d, p in zip(docs, pred))
+      f1 = scores["mention_detection/strong"].f1
+      if f1 > best[0]:
+        best = (f1, float(t), bonus)
+  out = {"mention_threshold": best[1], "width_bonus": best[2], "heldout_mention_f1": best[0],
          "heldout_documents": len(docs), "nil_threshold": {}}
+  linker.width_bonus = best[2]  # NIL calibration below reads gold spans, not these.
   ms, worlds = gold_mentions(docs, linker.config.data.max_context_len)
   out["heldout_mentions"] = len(ms)
   if not ms:

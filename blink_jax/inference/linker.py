@@ -108,6 +108,9 @@ class Linker:
         self.nil_threshold[m] = float(t)
     if lc.get("mention_threshold") is not None:
       self.mention_threshold = float(lc.mention_threshold)
+    self.width_bonus = float(cal.get("width_bonus", 0.0))
+    if lc.get("width_bonus") is not None:
+      self.width_bonus = float(lc.width_bonus)
     # Seconds spent per phase (bench/link.py reads them); a phase timed inside
     # another is subtracted from it, so the phases add up to the total.
     self.timings: collections.Counter = collections.Counter()
@@ -209,7 +212,7 @@ class Linker:
                                          max_width=lc.max_width)
     logits = self.span_logits(windows)
     thr = self.mention_threshold if threshold is None else threshold
-    return documents.decode_spans(windows, logits, thr, len(texts))
+    return documents.decode_spans(windows, logits, thr, len(texts), self.width_bonus)
 
   def span_logits(self, windows: documents.Windows) -> np.ndarray:
     """[N, T, W] span logits of some windows."""
