@@ -37,6 +37,16 @@ flags.DEFINE_bool("warm_up", True, "Compile every batch shape before reporting r
 flags.DEFINE_float("max_wait_ms", 5.0, "How long a request may wait for others to be "
                    "batched with it.")
 flags.DEFINE_integer("max_batch", 32, "Texts (or mentions) per model call, at most.")
+# On this project's 2-core CPU, the detection windows cost 13 ms a row in calls of
+# up to 16 rows and 21-25 ms in calls of 32-64 (the demo linker; BENCHMARKS.md,
+# "Serving"): the training configs' batch sizes (64 windows, 128 mentions) suit
+# accelerators, not CPUs. 0 keeps the workdir config's.
+flags.DEFINE_integer("window_batch", 16, "Text windows per mention-detection call "
+                     "(linker.batch_size); 0: the workdir config's.")
+flags.DEFINE_integer("mention_batch", 16, "Mentions per bi-encoder call (eval.batch_size); "
+                     "0: the workdir config's.")
+flags.DEFINE_float("mention_threshold", None, "Override the calibrated mention threshold "
+                   "(span logit), as blink_jax.link's flag.")
 flags.DEFINE_integer("max_texts", _LIMITS.max_texts, "Texts per /link request, at most.")
 flags.DEFINE_integer("max_text_chars", _LIMITS.max_text_chars, "Characters per text.")
 flags.DEFINE_integer("max_mentions", _LIMITS.max_mentions, "Mentions per /disambiguate "
@@ -68,10 +78,17 @@ def main(argv):
       max_texts=FLAGS.max_texts, max_text_chars=FLAGS.max_text_chars,
       max_mentions=FLAGS.max_mentions, max_context_chars=FLAGS.max_context_chars,
       max_body_bytes=FLAGS.max_body_bytes, max_queued=FLAGS.max_queued)
+  overrides = {}
+  if FLAGS.window_batch:
+    overrides["linker.batch_size"] = FLAGS.window_batch
+  if FLAGS.mention_batch:
+    overrides["eval.batch_size"] = FLAGS.mention_batch
+  if FLAGS.mention_threshold is not None:
+    overrides["linker.mention_threshold"] = FLAGS.mention_threshold
   settings = app_lib.Settings(
       workdir=FLAGS.workdir, entities=FLAGS.entities, mode=FLAGS.mode,
       full_mode=FLAGS.full_mode, warm_up=FLAGS.warm_up, max_wait_ms=FLAGS.max_wait_ms,
-      max_batch=FLAGS.max_batch, limits=limits)
+      max_batch=FLAGS.max_batch, limits=limits, overrides=overrides)
   uvicorn.run(app_lib.create_app(settings), host=FLAGS.host, port=FLAGS.port,
               log_level=FLAGS.log_level, access_log=FLAGS.access_log)
 

@@ -42,6 +42,9 @@ class Settings:
   warm_up: bool = True             # Compile every batch shape before reporting ready.
   max_wait_ms: float = 5.0         # How long a request waits for others to batch with.
   max_batch: int = 32              # Texts (or mentions) per model call, at most.
+  # Config overrides for Linker.load, e.g. {"linker.batch_size": 16}: the rows
+  # the model functions see per call (`__main__` sets them for CPUs).
+  overrides: dict = dataclasses.field(default_factory=dict)
   limits: schemas.Limits = schemas.Limits()
 
 
@@ -69,7 +72,8 @@ class Service:
   def _load(self) -> None:
     s = self.settings
     try:
-      linker = linker_lib.Linker.load(s.workdir, mode=s.mode, entities=s.entities)
+      linker = linker_lib.Linker.load(s.workdir, mode=s.mode, entities=s.entities,
+                                      overrides=s.overrides)
       modes = ["fast"]
       if s.full_mode or s.mode == "full":
         try:
@@ -144,10 +148,10 @@ def _with_top_k(results: list, top_k: int) -> list:
     return [_with_top_k(spans, top_k) for spans in results]
   out = []
   for r in results:
-    r = {key: value for key, value in r.items() if key != "candidates"}
+    cut = {key: value for key, value in r.items() if key != "candidates"}
     if top_k:
-      r["candidates"] = r["candidates"][:top_k]
-    out.append(r)
+      cut["candidates"] = r["candidates"][:top_k]
+    out.append(cut)
   return out
 
 

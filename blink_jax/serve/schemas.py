@@ -80,8 +80,14 @@ def request_models(limits: Limits) -> tuple[type[BaseModel], type[BaseModel]]:
 
 
 # ------------------------------------------------------------------ responses
+# The routes return the library's dicts unvalidated (app.py); tests validate
+# answers against these models, and a field they do not declare is an error,
+# so the documented schema cannot drift from what the server sends.
+_EXACT = ConfigDict(extra="forbid")
+
 class Candidate(BaseModel):
   """One of a span's top-k candidates (`results.candidate`)."""
+  model_config = _EXACT
   entity_id: results.EntityId
   title: str | None
   score: float = Field(description="Probability among the mode's candidates.")
@@ -92,6 +98,7 @@ class Candidate(BaseModel):
 
 class Disambiguated(BaseModel):
   """A linked span (`results.span`); `nil`: the best candidate is not confident enough."""
+  model_config = _EXACT
   mention: str
   entity_id: results.EntityId
   title: str | None
@@ -108,11 +115,13 @@ class Linked(Disambiguated):
 
 
 class LinkResponse(BaseModel):
+  model_config = _EXACT
   mode: Mode
   results: list[list[Linked]] = Field(description="Each text's spans, in text order.")
 
 
 class DisambiguateResponse(BaseModel):
+  model_config = _EXACT
   mode: Mode
   results: list[Disambiguated] = Field(description="One per mention, in order.")
 
