@@ -65,6 +65,8 @@ def _parse_args() -> argparse.Namespace:
                  help="The server's windows per detection call (default: the server's).")
   p.add_argument("--mention_batch", type=int, default=None,
                  help="The server's mentions per bi-encoder call (default: the server's).")
+  p.add_argument("--pair_batch", type=int, default=None,
+                 help="The server's pairs per cross-encoder call (default: the server's).")
   p.add_argument("--max_body_bytes", type=int, default=1 << 16,
                  help="The server's body limit (small, so a too-large body stays cheap).")
   p.add_argument("--library_seconds", type=float, default=10.0,
@@ -162,7 +164,7 @@ def _start_server(args, port: int, log) -> subprocess.Popen:
   cmd = [sys.executable, "-m", "blink_jax.serve", f"--workdir={args.workdir}",
          f"--port={port}", f"--mode={args.mode}", f"--max_wait_ms={args.max_wait_ms}",
          f"--max_batch={args.max_batch}", f"--max_body_bytes={args.max_body_bytes}"]
-  for flag in ("window_batch", "mention_batch"):
+  for flag in ("window_batch", "mention_batch", "pair_batch"):
     if getattr(args, flag) is not None:
       cmd.append(f"--{flag}={getattr(args, flag)}")
   if args.mode == "fast":
@@ -333,7 +335,8 @@ def main() -> None:
       "server_settings": {"max_wait_ms": args.max_wait_ms, "max_batch": args.max_batch,
                           "max_body_bytes": args.max_body_bytes,
                           "window_batch": args.window_batch or "server default",
-                          "mention_batch": args.mention_batch or "server default"},
+                          "mention_batch": args.mention_batch or "server default",
+                          "pair_batch": args.pair_batch or "server default"},
       "documents": len(_texts(args.workdir)),
       "chars_per_doc_mean": round(statistics.mean(map(len, _texts(args.workdir))), 1),
       "workdir": os.path.abspath(args.workdir),

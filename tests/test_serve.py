@@ -30,9 +30,10 @@ MAX_TEXTS, MAX_CHARS, MAX_BODY = 8, 3000, 1 << 16
 THRESHOLD = -1e9
 SERVER_FLAGS = [f"--max_texts={MAX_TEXTS}", f"--max_text_chars={MAX_CHARS}",
                 "--max_mentions=8", f"--max_body_bytes={MAX_BODY}", "--max_wait_ms=50",
-                "--window_batch=16", "--mention_batch=16", f"--mention_threshold={THRESHOLD}"]
+                "--window_batch=16", "--mention_batch=16", "--pair_batch=32",
+                f"--mention_threshold={THRESHOLD}"]
 # The same settings for the library reference.
-OVERRIDES = {"linker.batch_size": 16, "eval.batch_size": 16,
+OVERRIDES = {"linker.batch_size": 16, "eval.batch_size": 16, "cross.eval_batch_size": 32,
              "linker.mention_threshold": THRESHOLD}
 TEXT = "Later that year, somebody travelled far.\nA second line."
 MENTIONS = [{"context_left": "It was said that ", "mention": "Gegwe",

@@ -37,14 +37,18 @@ flags.DEFINE_bool("warm_up", True, "Compile every batch shape before reporting r
 flags.DEFINE_float("max_wait_ms", 5.0, "How long a request may wait for others to be "
                    "batched with it.")
 flags.DEFINE_integer("max_batch", 32, "Texts (or mentions) per model call, at most.")
-# On this project's 2-core CPU, the detection windows cost 13 ms a row in calls of
-# up to 16 rows and 21-25 ms in calls of 32-64 (the demo linker; BENCHMARKS.md,
-# "Serving"): the training configs' batch sizes (64 windows, 128 mentions) suit
-# accelerators, not CPUs. 0 keeps the workdir config's.
+# On this project's 2-core CPU (the demo linker; BENCHMARKS.md, "Serving"),
+# detection windows cost 13 ms a row in calls of up to 16 rows and 21-25 ms in
+# calls of 32-64, and cross-encoder pairs 5.5 ms a row in calls of 16-32 and
+# 8-9 ms in calls of 64-256 (which also take 600 MB more at 256): the training
+# configs' batch sizes (64 windows, 128 mentions, 256 pairs) suit accelerators,
+# not CPUs. 0 keeps the workdir config's.
 flags.DEFINE_integer("window_batch", 16, "Text windows per mention-detection call "
                      "(linker.batch_size); 0: the workdir config's.")
 flags.DEFINE_integer("mention_batch", 16, "Mentions per bi-encoder call (eval.batch_size); "
                      "0: the workdir config's.")
+flags.DEFINE_integer("pair_batch", 32, "Mention-entity pairs per cross-encoder call "
+                     "(cross.eval_batch_size, full mode); 0: the workdir config's.")
 flags.DEFINE_float("mention_threshold", None, "Override the calibrated mention threshold "
                    "(span logit), as blink_jax.link's flag.")
 flags.DEFINE_integer("max_texts", _LIMITS.max_texts, "Texts per /link request, at most.")
@@ -83,6 +87,8 @@ def main(argv):
     overrides["linker.batch_size"] = FLAGS.window_batch
   if FLAGS.mention_batch:
     overrides["eval.batch_size"] = FLAGS.mention_batch
+  if FLAGS.pair_batch:
+    overrides["cross.eval_batch_size"] = FLAGS.pair_batch
   if FLAGS.mention_threshold is not None:
     overrides["linker.mention_threshold"] = FLAGS.mention_threshold
   settings = app_lib.Settings(
