@@ -24,6 +24,9 @@ INSTALL_REQUIRES = [
     "grain==0.2.18",
     "tqdm>=4.66",
     "tensorboardX>=2.6",
+    # The HTTP service (python -m blink_jax.serve).
+    "fastapi==0.165.0",
+    "uvicorn==0.55.0",
 ]
 
 # The test suite compares against PyTorch's BertModel. The pretrained MiniLM
@@ -36,6 +39,7 @@ TEST_REQUIRES = [
     "nbformat>=5.10",
     "ipykernel>=6.29",
     "matplotlib>=3.8",
+    "httpx==0.29.0",  # The server's tests and bench/serve.py talk HTTP with it.
 ]
 
 setuptools.setup(

@@ -30,6 +30,9 @@ from blink_jax import sharding
 
 STORAGES = ("float32", "bfloat16", "int8")
 FREE = -1  # Group code of a free or deleted slot.
+# Queries per search call: one query does not pay for more (calls are padded
+# to a power of two up to this), and at most log2 of it shapes compile.
+QUERY_CHUNK = 256
 
 
 def quantize(x: np.ndarray, storage: str, chunk: int = 65536
@@ -68,7 +71,7 @@ class ExactSearch:
   """The device copy of an entity matrix, with top-k search and row updates."""
 
   def __init__(self, dim: int, storage: str = "float32", mesh: Mesh | None = None, *,
-               block: int = 16384, query_chunk: int = 256):
+               block: int = 16384, query_chunk: int = QUERY_CHUNK):
     if storage not in STORAGES:
       raise ValueError(f"Unknown storage {storage!r}; one of {STORAGES}.")
     self.dim, self.storage = dim, storage

@@ -39,3 +39,13 @@ def chain(tmp_path_factory):
   config.pipeline.stages = ("biencoder", "crossencoder", "distill")
   stages = pipeline.run(config, workdir)
   return config, workdir, stages["crossencoder"], stages["distill"]
+
+
+@pytest.fixture(scope="session")
+def linker_workdir(chain):
+  """`chain`'s workdir with its linker trained (tests/test_linker.py's `linked` trains
+  the same one; whichever comes second only re-evaluates it)."""
+  from blink_jax.stages import linker as train_linker  # pylint: disable=g-import-not-at-top
+  config, workdir, _, _ = chain
+  train_linker.train_and_evaluate(config, workdir)
+  return workdir

@@ -18,7 +18,10 @@ Three steps per batch of texts:
      `cross.k` with the cross-encoder.
 `score` is the best candidate's softmax probability among the mode's
 candidates; a span scoring below its mode's calibrated NIL threshold comes
-back with `nil: True` (and the best candidate, for inspection).
+back with `nil: True` (and the best candidate, for inspection). With
+`top_k=K`, each span also carries its best K candidates with their
+probability and raw scores (bi-encoder, and cross-encoder in full mode), for
+re-ranking downstream; the fields are defined in `inference/results.py`.
 
 Every model function is compiled once per Linker and fed fixed-size batches,
 so a stream of calls (the CLI) does not recompile.
@@ -41,6 +44,7 @@ import numpy as np
 from absl import logging
 
 from blink_jax import config_utils
+from blink_jax import exact_search
 from blink_jax import index as index_lib
 from blink_jax import sharding
 from blink_jax import tokenization
@@ -55,6 +59,7 @@ from blink_jax.inference import encode
 from blink_jax.inference import load as load_lib
 from blink_jax.inference import ranking
 from blink_jax.inference import rerank as rerank_lib
+from blink_jax.inference import results
 from blink_jax.inference import retrieve
 
 MODES = ("fast", "full")
@@ -82,6 +87,15 @@ def _as_mention(m: Any) -> Mention:
     except KeyError:
       raise ValueError(f"A mention needs at least a 'mention' key, got {sorted(m)}.") from None
   raise TypeError(f"Expected a Mention or a dict, got {type(m).__name__}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranking:
+  """Each mention's candidates under one mode, best first (padding: id -1, score -inf)."""
+  ids: np.ndarray           # [N, K] entity ids.
+  scores: np.ndarray        # [N, K] the mode's ranking scores.
+  bi_scores: np.ndarray     # [N, K] bi-encoder dot products; NaN: not retrieved by it.
+  cross_scores: np.ndarray | None  # [N, K] cross-encoder logits (full mode only).
 
 
 class Linker:
@@ -178,6 +192,47 @@ class Linker:
                        "(--config.mode=train_crossencoder).")
     return self._score
 
+  def load_full_mode(self) -> None:
+    """Loads the cross-encoder now rather than on the first full-mode call; raises
+    ValueError (none trained) or StaleArtifactError (not the calibrated one)."""
+    self._cross_scorer()
+
+  def warm_up(self, modes: Sequence[str] = ("fast",)) -> None:
+    """Compiles every batch shape that linking in `modes` can use.
+
+    A server calls this before it reports ready, so that no request waits for
+    XLA. The model functions see row counts padded to powers of two
+    (`encode.encode`) and the exact index pads its queries the same way, so
+    one call per power of two up to each batch size covers every shape.
+    """
+    lc, cc, data = self.config.linker, self.config.cross, self.config.data
+    dummy = Mention(context_left="", mention="warm up", context_right="",
+                    label_id=jsonl.NIL_ID)
+    repeat = lambda batch: lambda rows: _tile(batch, len(rows))
+
+    def warm(fn, tokens, batch_size, inputs=("ids", "mask")):
+      for n in _call_sizes(batch_size, self.mesh.size):
+        encode.encode(fn, repeat(tokens), n, batch_size=batch_size, mesh=self.mesh,
+                      desc="warm-up", inputs=inputs)
+
+    with self._timed("warm-up"):
+      warm(self._detect, self.tok.encode_texts(["warm up"], lc.max_len), lc.batch_size)
+      warm(self._embed, self.tok.mentions([dummy], data.max_context_len),
+           self.config.eval.batch_size)
+      for mode in modes:
+        self._check(mode, 0)
+        k = self.candidate_count(mode)
+        for n in _call_sizes(exact_search.QUERY_CHUNK, 1):
+          self.index.search(np.zeros((n, self.index.dim), np.float32), k)
+        if mode == "full":
+          first = np.full((1, k), self.entities.labels[0], np.int64)
+          pairs = pipeline.PairBuilder(self.tok, self.entities, Records.of([dummy]), first,
+                                       max_context_len=cc.max_context_len,
+                                       max_entity_len=cc.max_entity_len)
+          warm(self._cross_scorer(), pairs.pairs(np.zeros(1, int), np.zeros(1, int))[0],
+               cc.eval_batch_size, inputs=("ids", "mask", "segment_ids"))
+    self.timings.clear()  # Warm-up is not linking: keep the phases' figures clean.
+
   @contextlib.contextmanager
   def _timed(self, phase: str):
     t = time.perf_counter()
@@ -267,55 +322,103 @@ class Linker:
                                          batch_size=cc.eval_batch_size,
                                          mesh=self.mesh, desc="re-ranking")
 
-  def scored(self, mentions: Sequence[Mention], worlds=None, mode: str | None = None
-             ) -> tuple[np.ndarray, np.ndarray]:
-    """(entity ids [N, K], scores [N, K]) of each mention's candidates, best first.
+  def candidate_count(self, mode: str | None = None) -> int:
+    """How many candidates each mention gets in `mode`: the most `top_k` can ask for."""
+    mode = mode or self.mode
+    return int(self.config.cross.k if mode == "full" else self.config.linker.k)
+
+  def ranked(self, mentions: Sequence[Mention], worlds=None, mode: str | None = None
+             ) -> Ranking:
+    """Each mention's candidates, best first, with every model's scores.
 
     Fast mode: the bi-encoder's top `linker.k`; full mode: its top `cross.k`
     (fused with the lexical views when `retrieval.hybrid`, as the cross-encoder
     was trained) re-ranked by the cross-encoder.
     """
     mode = mode or self.mode
-    k = int(self.config.cross.k if mode == "full" else self.config.linker.k)
+    k = self.candidate_count(mode)
     if not len(mentions):
-      return np.zeros((0, k), np.int64), np.zeros((0, k), np.float32)
+      empty = np.zeros((0, k), np.float32)
+      return Ranking(np.zeros((0, k), np.int64), empty, empty,
+                     empty if mode == "full" else None)
     scores, ids = self.candidates(mentions, k, worlds)
-    if mode == "full":
-      bi_ids, bi_scores = ids, scores
-      ids = self._hybrid(mentions, ids, worlds)
-      scores = ranking.product(self.rerank(mentions, ids), aligned(bi_ids, bi_scores, ids),
-                               float(self.config.cross.get("bi_weight", 0.0)))
-      order = np.argsort(-scores, 1, kind="stable")
-      scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
-    return ids, scores
+    if mode != "full":
+      return Ranking(ids, scores, scores, None)
+    bi_ids, bi_scores = ids, scores
+    ids = self._hybrid(mentions, ids, worlds)
+    cross = self.rerank(mentions, ids)
+    bi = aligned(bi_ids, bi_scores, ids)
+    scores = ranking.product(cross, bi, float(self.config.cross.get("bi_weight", 0.0)))
+    order = np.argsort(-scores, 1, kind="stable")
+    take = lambda x: np.take_along_axis(x, order, 1)
+    # A lexical-only candidate has no bi-encoder score of its own (the product
+    # used its row's lowest): NaN, so the output says "none" rather than a floor.
+    retrieved = (ids[:, :, None] == bi_ids[:, None, :]).any(2)
+    return Ranking(take(ids), take(scores), take(np.where(retrieved, bi, np.nan)), take(cross))
 
-  def _results(self, mentions, ids, scores, mode, spans=None) -> list[dict]:
-    conf = confidence(scores)
-    top = ids[:, 0] if len(ids) else np.zeros(0, np.int64)
+  def scored(self, mentions: Sequence[Mention], worlds=None, mode: str | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """(entity ids [N, K], scores [N, K]) of each mention's candidates, best first
+    (see `ranked`)."""
+    r = self.ranked(mentions, worlds, mode)
+    return r.ids, r.scores
+
+  def _results(self, mentions, ranked: Ranking, mode, top_k: int, spans=None) -> list[dict]:
+    probs = probabilities(ranked.scores)
+    conf = probs[:, 0] if len(probs) else np.zeros(0, np.float32)
+    top = ranked.ids[:, 0] if len(ranked.ids) else np.zeros(0, np.int64)
     titles = self.index.title_of(top)
     thr = self.nil_threshold[mode]
     out = []
     for i, m in enumerate(mentions):
-      r = {} if spans is None else {"start": spans[i][0], "end": spans[i][1]}
-      r.update(mention=m.mention, entity_id=int(top[i]), title=titles[i],
-               score=float(conf[i]), nil=bool(conf[i] < thr or top[i] < 0))
-      out.append(r)
+      start, end = (None, None) if spans is None else spans[i]
+      out.append(results.span(m.mention, top[i], titles[i], conf[i],
+                              conf[i] < thr or top[i] < 0, start=start, end=end))
+    if top_k:
+      for r, cands in zip(out, self._candidates(ranked, probs, top_k)):
+        r["candidates"] = cands
     return out
 
-  def disambiguate(self, mentions: Sequence[Any], *, mode: str | None = None) -> list[dict]:
+  def _candidates(self, ranked: Ranking, probs: np.ndarray, top_k: int) -> list[list[dict]]:
+    """Each mention's first `top_k` candidates (padding left out)."""
+    ids = ranked.ids[:, :top_k]
+    titles = np.array(self.index.title_of(ids.reshape(-1)), object).reshape(ids.shape)
+    out = []
+    for i in range(len(ids)):
+      out.append([results.candidate(
+          ids[i, j], titles[i, j], probs[i, j], ranked.bi_scores[i, j],
+          None if ranked.cross_scores is None else ranked.cross_scores[i, j])
+                  for j in range(ids.shape[1]) if ids[i, j] >= 0])
+    return out
+
+  def _check(self, mode: str, top_k: int) -> None:
+    """A clear error for a bad mode or top_k before any work (the server's 422s)."""
+    if mode not in MODES:
+      raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
+    k = self.candidate_count(mode)
+    if not 0 <= top_k <= k:
+      field = "cross.k" if mode == "full" else "linker.k"
+      raise ValueError(f"top_k must be between 0 and {k} (the {mode} mode's candidates, "
+                       f"config {field}), got {top_k}.")
+
+  def disambiguate(self, mentions: Sequence[Any], *, mode: str | None = None,
+                   top_k: int = 0) -> list[dict]:
     """Links spans the caller already has: Mentions or dicts with context_left,
-    mention, context_right (and optionally world)."""
+    mention, context_right (and optionally world). `top_k` > 0 adds each
+    span's best `top_k` candidates (`results.candidate`) as "candidates"."""
+    mode = mode or self.mode
+    self._check(mode, top_k)
     ms = [_as_mention(m) for m in mentions]
     worlds = [m.world for m in ms]
     worlds = None if set(worlds) <= {None} else worlds
-    mode = mode or self.mode
-    ids, scores = self.scored(ms, worlds, mode)
-    return self._results(ms, ids, scores, mode)
+    return self._results(ms, self.ranked(ms, worlds, mode), mode, top_k)
 
   def link(self, texts: Sequence[str], *, worlds: Sequence[str | None] | None = None,
-           mode: str | None = None) -> list[list[dict]]:
-    """Detected and linked spans of each text; offsets index the original text."""
+           mode: str | None = None, top_k: int = 0) -> list[list[dict]]:
+    """Detected and linked spans of each text; offsets index the original text.
+    `top_k` > 0 adds each span's best `top_k` candidates, as `disambiguate`."""
     mode = mode or self.mode
+    self._check(mode, top_k)
     spans = self.detect(texts)
     flat, where = [], []
     max_len = self.config.data.max_context_len
@@ -324,16 +427,34 @@ class Linker:
         flat.append(mention_of(texts[t], s, e, max_len))
         where.append((t, s, e))
     span_worlds = None if worlds is None else [worlds[t] for t, _, _ in where]
-    ids, scores = self.scored(flat, span_worlds, mode)
-    results = self._results(flat, ids, scores, mode, spans=[w[1:] for w in where])
+    ranked = self.ranked(flat, span_worlds, mode)
+    found = self._results(flat, ranked, mode, top_k, spans=[w[1:] for w in where])
     out: list[list[dict]] = [[] for _ in texts]
-    for (t, _, _), r in zip(where, results):
+    for (t, _, _), r in zip(where, found):
       out[t].append(r)
     return out
 
   def render(self, text: str, *, html: bool = False, mode: str | None = None) -> str:
     """One text, linked and marked up (see `render`)."""
     return render(text, self.link([text], mode=mode)[0], html=html)
+
+
+def _call_sizes(batch_size: int, multiple: int) -> list[int]:
+  """Row counts whose calls, padded by `encode.encode`, reach every shape it uses
+  with `batch_size` rows per call on `multiple` devices: multiple * 2^j, and
+  the batch itself."""
+  batch = -(-batch_size // multiple) * multiple
+  sizes, n = [], multiple
+  while n < batch:
+    sizes.append(n)
+    n *= 2
+  return sizes + [batch]
+
+
+def _tile(batch: tokenization.TokenBatch, n: int) -> tokenization.TokenBatch:
+  """n copies of a one-row batch."""
+  return dataclasses.replace(batch, **{f.name: np.repeat(getattr(batch, f.name), n, 0)
+                                       for f in dataclasses.fields(batch)})
 
 
 def render(text: str, spans: Sequence[dict], *, html: bool = False) -> str:
@@ -372,6 +493,22 @@ def aligned(ids: np.ndarray, scores: np.ndarray, other: np.ndarray) -> np.ndarra
   return np.where(other >= 0, out, -np.inf).astype(np.float32)
 
 
+def probabilities(scores: np.ndarray) -> np.ndarray:
+  """[N, K] softmax of each row's scores (best first); rows without a finite
+  first score (no candidate at all, e.g. an empty world) are all 0."""
+  if not len(scores):
+    return np.zeros(np.shape(scores), np.float32)
+  s = np.where(np.isfinite(scores), scores, -np.inf).astype(np.float64)
+  # Shifted by the first (best) score: exp(0) = 1 exactly, so column 0 is
+  # 1 / sum, as `confidence` has always computed it.
+  first = s[:, :1]
+  has = np.isfinite(first[:, 0])
+  e = np.exp(s - np.where(np.isfinite(first), first, 0.0))
+  with np.errstate(divide="ignore", invalid="ignore"):  # Those rows are discarded.
+    p = e / e.sum(1, keepdims=True)
+  return np.where(has[:, None], p, 0.0).astype(np.float32)
+
+
 def confidence(scores: np.ndarray) -> np.ndarray:
   """[N] softmax probability of each row's first (best) candidate among its K.
 
@@ -381,14 +518,7 @@ def confidence(scores: np.ndarray) -> np.ndarray:
   """
   if not len(scores):
     return np.zeros(0, np.float32)
-  s = np.where(np.isfinite(scores), scores, -np.inf).astype(np.float64)
-  # A row whose first score is -inf has no candidate at all (e.g. an empty
-  # world): confidence 0, where -inf - -inf would give NaN.
-  first = s[:, :1]
-  has = np.isfinite(first[:, 0])
-  z = s - np.where(np.isfinite(first), first, 0.0)
-  with np.errstate(divide="ignore"):  # Those rows' 1/0 is discarded.
-    return np.where(has, 1.0 / np.exp(z).sum(1), 0.0).astype(np.float32)
+  return probabilities(scores)[:, 0]
 
 
 def make_index(config, entities: Records[Entity], embeddings: np.ndarray, mesh,
