@@ -4,6 +4,8 @@
   linker.link(["Defo bore the emblem of a gold hammer."])
   -> [[{"start": 0, "end": 4, "mention": "Defo", "entity_id": 17, "title": "Defo",
         "score": 3.1, "nil": False}]]
+entity_id is the catalogue's id as given (17, or "Q42" for a catalogue of string ids),
+and a "url" follows the title when the catalogue has one for that entity.
   linker.disambiguate([{"context_left": "", "mention": "Defo",
                         "context_right": " bore the emblem ..."}])
 
@@ -289,15 +291,32 @@ class Linker:
       scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
     return ids, scores
 
+  def entity_fields(self, labels: Sequence[int] | np.ndarray) -> list[dict]:
+    """{"entity_id", "title"[, "url"]} of each entity label, as the catalogue gives them.
+
+    entity_id is the catalogue's id with its JSON type (42 or "Q42"); url only when the
+    catalogue has one. A label with no entity (-1: no candidate) gives entity_id -1.
+    """
+    labels = np.asarray(labels, np.int64).reshape(-1)
+    keys, titles, urls = (self.index.key_of(labels), self.index.title_of(labels),
+                          self.index.url_of(labels))
+    out = []
+    for label, key, title, url in zip(labels.tolist(), keys, titles, urls):
+      fields = {"entity_id": label if key is None else key, "title": title}
+      if url is not None:
+        fields["url"] = url
+      out.append(fields)
+    return out
+
   def _results(self, mentions, ids, scores, mode, spans=None) -> list[dict]:
     conf = confidence(scores)
     top = ids[:, 0] if len(ids) else np.zeros(0, np.int64)
-    titles = self.index.title_of(top)
+    entities = self.entity_fields(top)
     thr = self.nil_threshold[mode]
     out = []
     for i, m in enumerate(mentions):
       r = {} if spans is None else {"start": spans[i][0], "end": spans[i][1]}
-      r.update(mention=m.mention, entity_id=int(top[i]), title=titles[i],
+      r.update(mention=m.mention, **entities[i],
                score=float(conf[i]), nil=bool(conf[i] < thr or top[i] < 0))
       out.append(r)
     return out
@@ -393,13 +412,17 @@ def confidence(scores: np.ndarray) -> np.ndarray:
 
 def make_index(config, entities: Records[Entity], embeddings: np.ndarray, mesh,
                model_id: dict) -> index_lib.Index:
-  """The linker's index of `entities`, whose `embeddings` its (frozen) entity tower made."""
-  titles = [e.title for e in entities.take(np.arange(len(entities)))]
+  """The linker's index of `entities`, whose `embeddings` its (frozen) entity tower made.
+
+  It keeps each entity's title, url and id as given, which the linker's results carry.
+  """
+  records = entities.take(np.arange(len(entities)))
   ic = config.index
   return index_lib.Index.build(
-      embeddings, entities.labels, titles, entities.worlds, backend=ic.backend,
-      storage=ic.storage, mesh=mesh, k=ic.k, target_recall=ic.target_recall,
-      scann=dict(ic.scann), model=model_id, seed=config.seed)
+      embeddings, entities.labels, [e.title for e in records], entities.worlds,
+      backend=ic.backend, storage=ic.storage, mesh=mesh, k=ic.k,
+      target_recall=ic.target_recall, scann=dict(ic.scann), model=model_id,
+      seed=config.seed, keys=entities.keys, urls=[e.url for e in records])
 
 
 def index_for(config, workdir: str, trained: load_lib.Trained, tok: tokenization.Tokenizer,
