@@ -104,8 +104,8 @@ def test_documents_named_by_string_id_score_as_the_integer_ones(linked, catalogu
   proc = subprocess.run(
       [sys.executable, "-m", "blink_jax.link", f"--workdir={tmp_path / 'b'}",
        f"--entities={d / 'qids.jsonl'}", f"--input={d / 'qdocs.jsonl'}", f"--output={out}",
-       "--evaluate", "--mention_threshold=-1e9"], capture_output=True, text=True, env=env, cwd=REPO, timeout=600,
-      stdin=subprocess.DEVNULL)
+       "--evaluate", "--mention_threshold=-1e9", "--use_worlds"],  # As documents_report.
+      capture_output=True, text=True, env=env, cwd=REPO, timeout=600, stdin=subprocess.DEVNULL)
   assert proc.returncode == 0, proc.stderr[-3000:]
   lines = [json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()]
   linked_ids = [e["entity_id"] for x in lines for e in x["entities"]]

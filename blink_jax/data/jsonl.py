@@ -242,12 +242,12 @@ def _entity_key(obj: dict) -> Key:
   return key
 
 
-def _parse_entity(obj: dict, label: int | None = None) -> Entity:
-  """The entity of a line; `label` is its label in a catalogue labelled by record order."""
+def _parse_entity(obj: dict, label: int, keyed: bool) -> Entity:
+  """The entity of a line, labelled `label`; `keyed`: its id is kept apart from the label
+  (a catalogue labelled by record order; in an integer catalogue the id is the label)."""
   key = _entity_key(obj)
-  return Entity(id=key if label is None else label, title=_field(obj, "title", str),
-                text=_field(obj, "text", str), world=_field(obj, "world", str, optional=True),
-                key=None if label is None else key,
+  return Entity(id=label, title=_field(obj, "title", str), text=_field(obj, "text", str),
+                world=_field(obj, "world", str, optional=True), key=key if keyed else None,
                 url=_field(obj, "url", str, optional=True))
 
 
@@ -382,7 +382,7 @@ def _entity_key_parser() -> Callable[[dict], tuple[Key, str | None]]:
   seen: set = set()  # 42 and "42" are two ids (and True is no id: _field refuses bools).
 
   def parse(obj: dict) -> tuple[Key, str | None]:
-    entity = _parse_entity(obj, label=0)  # Every field checked; the label comes later.
+    entity = _parse_entity(obj, 0, keyed=True)  # Every field checked; labels come later.
     key = entity.key
     if key in seen:
       raise LineError(f"duplicate entity id {entity_ids_lib.show(key)}", "duplicate_id")
@@ -485,7 +485,7 @@ def open_entities(path: PathLike, *, skip_bad: bool = False,
     return labels, key_column
 
   def reparse(obj: dict, label: int) -> Entity:
-    return _parse_entity(obj, label if keyed[0] else None)
+    return _parse_entity(obj, label, keyed[0])
 
   return _open(path, _entity_key_parser(), reparse, lambda parsed: parsed,
                skip_bad=skip_bad, stats=stats, labelled=labelled)

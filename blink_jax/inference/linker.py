@@ -4,10 +4,11 @@
   linker.link(["Defo bore the emblem of a gold hammer."])
   -> [[{"start": 0, "end": 4, "mention": "Defo", "entity_id": 17, "title": "Defo",
         "score": 3.1, "nil": False}]]
-entity_id is the catalogue's id as given (17, or "Q42" for a catalogue of string ids),
-and a "url" follows the title when the catalogue has one for that entity.
   linker.disambiguate([{"context_left": "", "mention": "Defo",
                         "context_right": " bore the emblem ..."}])
+
+entity_id is the catalogue's id as given (17, or "Q42" for a catalogue of string ids),
+and a "url" follows the title when the catalogue has one for that entity.
 
 Three steps per batch of texts:
   1. Mention detection: each text's word-piece windows through the context
