@@ -27,6 +27,8 @@ INSTALL_REQUIRES = [
     # The HTTP service (python -m blink_jax.serve).
     "fastapi==0.165.0",
     "uvicorn==0.55.0",
+    # The spaCy pipeline component (blink_jax/spacy_component.py, "blink_jax_linker").
+    "spacy==3.8.18",
 ]
 
 # The test suite compares against PyTorch's BertModel. The pretrained MiniLM
@@ -58,7 +60,13 @@ setuptools.setup(
     # Command lines, one per entry module (each also runs as `python -m <module>`). A new
     # command (e.g. an HTTP server) adds its line here and uses `blink_jax.cli.run` for the
     # same logs and errors.
-    entry_points={"console_scripts": [
-        "blink-jax-link = blink_jax.link:console_main",
-    ]},
+    entry_points={
+        "console_scripts": [
+            "blink-jax-link = blink_jax.link:console_main",
+        ],
+        # spaCy finds the component by name through this: nlp.add_pipe("blink_jax_linker").
+        "spacy_factories": [
+            "blink_jax_linker = blink_jax.spacy_component:make_linker",
+        ],
+    },
 )

@@ -80,6 +80,18 @@ def documents_report(linker: linker_lib.Linker, docs: list[Document], mode: str)
   worlds = [d.world for d in docs]
   pred = linker.link(texts, worlds=None if set(worlds) <= {None} else worlds, mode=mode)
   totals = span_metrics.score_documents(
-      (calibration.gold_spans(d), [(r["start"], r["end"], r["entity_id"], r["nil"]) for r in p])
+      (_gold_ids(linker, calibration.gold_spans(d)),
+       [(r["start"], r["end"], r["entity_id"], r["nil"]) for r in p])
       for d, p in zip(docs, pred))
   return {**span_metrics.report(totals), "documents": len(docs)}
+
+
+def _gold_ids(linker: linker_lib.Linker, gold: list[tuple[int, int, int]]) -> list[tuple]:
+  """Gold spans named by the catalogue's ids, as the linker's results name entities.
+
+  The documents hold labels (see data/entity_ids.py); for an integer catalogue they are the
+  ids already. NIL (-1), and a label the index lacks, stay as they are (they match nothing).
+  """
+  keys = linker.index.key_of([label for _, _, label in gold])
+  return [(s, e, label if label < 0 or key is None else key)
+          for (s, e, label), key in zip(gold, keys)]

@@ -7,6 +7,11 @@
   float32, bfloat16 or int8, calibrated to a target recall@k.
 "auto" picks exact below `SCANN_FROM` rows, ScaNN above.
 
+Rows are named by integer entity labels. For a catalogue whose ids are not all
+integers (see `data/entity_ids.py`) the index also keeps each entity's id as
+given (`key_of`); every index keeps titles and optional urls (`title_of`,
+`url_of`), so results name entities as the catalogue does.
+
 The knowledge base changes without a rebuild: `add` appends (or replaces, for
 an id already present) and `delete` drops entities; both are searchable at
 once. Saved indexes are a directory with a manifest (format, back end and
@@ -57,9 +62,12 @@ class Index:
 
   def __init__(self, *, ids: np.ndarray, titles: list[str], worlds: np.ndarray,
                backend: str, storage: str, exact: exact_search.ExactSearch | None,
-               scann: scann_search.ScannSearch | None, model: dict | None, dim: int):
+               scann: scann_search.ScannSearch | None, model: dict | None, dim: int,
+               keys: list | None = None, urls: list | None = None):
     self.ids = np.asarray(ids, np.int64)       # Per row; -1 for a deleted row.
     self.titles = titles
+    # Per row, or None: the labels are the ids (integer catalogues) / no entity has a url.
+    self.keys, self.urls = keys, urls
     self.worlds = np.asarray(worlds, np.int32)  # Codes into world_names.
     self.backend, self.storage, self.model, self.dim = backend, storage, model, dim
     # The searchable copy lives only in the back end (device arrays for exact,
@@ -75,8 +83,13 @@ class Index:
             storage: str = "float32", mesh: Mesh | None = None, k: int = 64,
             target_recall: float = 0.95, scann: dict | None = None,
             sample_queries: np.ndarray | None = None, model: dict | None = None,
-            seed: int = 0) -> "Index":
-    """An index of `embeddings` [N, d] (row i is entity ids[i]; titles optional)."""
+            seed: int = 0, keys: Sequence | None = None,
+            urls: Sequence[str | None] | None = None) -> "Index":
+    """An index of `embeddings` [N, d] (row i is entity ids[i]; titles optional).
+
+    `keys`: the catalogue's ids as given, when they are not `ids` (string ids);
+    `urls`: each entity's url or None.
+    """
     embeddings = np.asarray(embeddings, np.float32)
     n, dim = embeddings.shape
     ids = np.asarray(ids, np.int64)
@@ -85,6 +98,7 @@ class Index:
       raise ValueError(f"{n} vectors, {len(ids)} ids and {len(titles)} titles.")
     if len(np.unique(ids)) != n or (n and ids.min() < 0):
       raise ValueError("Entity ids must be distinct and >= 0.")
+    keys, urls = _entity_columns(n, keys, urls)
     if backend not in BACKENDS:
       raise ValueError(f"Unknown index backend {backend!r}; one of {BACKENDS}.")
     if storage not in exact_search.STORAGES:
@@ -97,7 +111,7 @@ class Index:
     code = {w: i for i, w in enumerate(names)}
     index = cls(ids=ids, titles=list(titles), worlds=[code[w] for w in worlds],
                 backend=backend, storage=storage, exact=None, scann=None,
-                model=model, dim=dim)
+                model=model, dim=dim, keys=keys, urls=urls)
     index.world_names = names
     if backend == "exact":
       values, scales = exact_search.quantize(embeddings, storage)
@@ -167,13 +181,63 @@ class Index:
     return np.where(sorted_ids[i] == want, rows[i], -1)
 
   def title_of(self, ids: Sequence[int]) -> list[str | None]:
+    """The title of each entity label (None where absent)."""
     rows = self.rows_of(ids)
     return [self.titles[r] if r >= 0 else None for r in np.ravel(rows)]
 
+  def key_of(self, ids: Sequence[int]) -> list:
+    """The catalogue's id, as given (int or str), of each entity label (None where absent)."""
+    rows = np.ravel(self.rows_of(ids))
+    if self.keys is None:
+      return [int(self.ids[r]) if r >= 0 else None for r in rows]
+    return [self.keys[r] if r >= 0 else None for r in rows]
+
+  def url_of(self, ids: Sequence[int]) -> list[str | None]:
+    """The url of each entity label (None where absent or when the catalogue has none)."""
+    rows = np.ravel(self.rows_of(ids))
+    return [self.urls[r] if r >= 0 and self.urls is not None else None for r in rows]
+
+  def label_of(self, keys: Sequence) -> np.ndarray:
+    """The label of each catalogue id (as given); -1 where no live entity has it."""
+    if self.keys is None:  # The ids are the labels; a string is no id here.
+      ints = [k if isinstance(k, int) and not isinstance(k, bool) else -1 for k in keys]
+      rows = self.rows_of(np.asarray(ints, np.int64))
+      return np.where(rows >= 0, self.ids[np.maximum(rows, 0)], -1)
+    live = {self.keys[r]: int(self.ids[r]) for r in np.flatnonzero(self.ids >= 0)}
+    return np.asarray([live.get(k, -1) if not isinstance(k, bool) else -1 for k in keys],
+                      np.int64)
+
+  def labels_for(self, keys: Sequence) -> np.ndarray:
+    """Labels under which to `add` entities named by their catalogue ids.
+
+    An indexed id keeps its label (the entity is replaced). An integer index given only
+    integer ids stays one (each id is its label); otherwise a new id gets a fresh label,
+    past every label in use.
+    """
+    keys = list(keys)
+    if self.keys is None and all(isinstance(k, int) and not isinstance(k, bool)
+                                 for k in keys):
+      return np.asarray(keys, np.int64).reshape(-1)
+    labels = self.label_of(keys)
+    fresh = max(int(self.ids.max()) + 1 if len(self.ids) else 0, 0)
+    assigned: dict = {}
+    for i, k in enumerate(keys):
+      if labels[i] < 0:
+        if k not in assigned:
+          assigned[k] = fresh
+          fresh += 1
+        labels[i] = assigned[k]
+    return labels
+
   # ---------------------------------------------------------------- changes
   def add(self, embeddings: np.ndarray, ids: Sequence[int], titles: Sequence[str],
-          worlds: Sequence[str | None] | None = None) -> None:
-    """Adds entities; an id already in the index is replaced. Searchable at once."""
+          worlds: Sequence[str | None] | None = None, *, keys: Sequence | None = None,
+          urls: Sequence[str | None] | None = None) -> None:
+    """Adds entities; an id already in the index is replaced. Searchable at once.
+
+    `keys` and `urls` as for `build` (`labels_for(keys)` gives the `ids` of entities
+    named by catalogue ids).
+    """
     embeddings = np.asarray(embeddings, np.float32).reshape(-1, self.dim)
     ids = np.asarray(ids, np.int64)
     if len(ids) != len(embeddings) or len(titles) != len(ids):
@@ -183,8 +247,16 @@ class Index:
     worlds = [None] * len(ids) if worlds is None else list(worlds)
     if len(worlds) != len(ids):
       raise ValueError(f"{len(ids)} ids but {len(worlds)} worlds.")
+    keys, urls = _entity_columns(len(ids), keys, urls)
     # Everything is checked: from here on the index changes.
     self.delete(ids[self.rows_of(ids) >= 0])
+    # A column that one side lacks is filled with what it means there (the label; None).
+    if keys is not None or self.keys is not None:
+      self.keys = (self.ids.tolist() if self.keys is None else self.keys) + (
+          ids.tolist() if keys is None else keys)
+    if urls is not None or self.urls is not None:
+      self.urls = ([None] * len(self.ids) if self.urls is None else self.urls) + (
+          [None] * len(ids) if urls is None else urls)
     for w in worlds:
       if w not in self.world_names:
         self.world_names.append(w)
@@ -287,9 +359,14 @@ class Index:
     """Entities, manifest (with every file's size and hash), then the rename."""
     with open(os.path.join(tmp, "entities.jsonl"), "w", encoding="utf-8") as f:
       for r in live:
-        f.write(json.dumps({"id": int(self.ids[r]), "title": self.titles[r],
-                            "world": self.world_names[self.worlds[r]]},
-                           ensure_ascii=False) + "\n")
+        line = {"id": int(self.ids[r]), "title": self.titles[r],
+                "world": self.world_names[self.worlds[r]]}
+        # Only when there are any: an integer catalogue's index is as it always was.
+        if self.keys is not None:
+          line["key"] = self.keys[r]
+        if self.urls is not None and self.urls[r] is not None:
+          line["url"] = self.urls[r]
+        f.write(json.dumps(line, ensure_ascii=False) + "\n")
     files = {}
     for root, _, names in os.walk(tmp):
       for name in sorted(names):
@@ -339,18 +416,21 @@ class Index:
                          "(missing or truncated).")
       if verify and _sha256(fpath) != want["sha256"]:
         raise IndexLoadError(f"{fpath}: checksum does not match the manifest (corrupt).")
-    ids, titles, worlds = [], [], []
+    ids, titles, worlds, keys, urls = [], [], [], [], []
     with open(os.path.join(directory, "entities.jsonl"), encoding="utf-8") as f:
       for line in f:
         e = json.loads(line)
         ids.append(e["id"]), titles.append(e["title"]), worlds.append(e["world"])
+        keys.append(e.get("key")), urls.append(e.get("url"))
+    keys = keys if any(k is not None for k in keys) else None
+    urls = urls if any(u is not None for u in urls) else None
     if len(ids) != m["count"]:
       raise IndexLoadError(f"{directory}: {len(ids)} entities, the manifest says {m['count']}.")
     names = sorted(set(worlds), key=lambda w: (w is not None, w or ""))
     code = {w: i for i, w in enumerate(names)}
     index = cls(ids=ids, titles=titles, worlds=[code[w] for w in worlds],
                 backend=m["backend"], storage=m["storage"], exact=None, scann=None,
-                model=m.get("model"), dim=m["dim"])
+                model=m.get("model"), dim=m["dim"], keys=keys, urls=urls)
     index.world_names = names
     index.calibration = m.get("calibration")
     if m["backend"] == "exact":
@@ -364,6 +444,23 @@ class Index:
       index._scann = scann_search.ScannSearch.load(os.path.join(directory, "scann"),
                                                     params, m["storage"])
     return index
+
+
+def _entity_columns(n: int, keys: Sequence | None, urls: Sequence | None
+                    ) -> tuple[list | None, list | None]:
+  """Checked key and url columns of n entities; None for a column with nothing in it."""
+  if keys is not None:
+    keys = list(keys)
+    if len(keys) != n or len(set(keys)) != n:
+      raise ValueError(f"{n} entities need {n} distinct keys, got {len(keys)} "
+                       f"({len(set(keys))} distinct).")
+  if urls is not None:
+    urls = list(urls)
+    if len(urls) != n:
+      raise ValueError(f"{n} entities but {len(urls)} urls.")
+    if all(u is None for u in urls):
+      urls = None
+  return keys, urls
 
 
 def _sha256(path: str) -> str:

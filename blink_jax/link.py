@@ -9,15 +9,15 @@ Input, one text per line: plain text from stdin (no --input, or --input=-) or fr
 file, whose records are {"line": n, "text": the line}; or jsonl (any other file), one
 {"text": ...} object per line whose other keys are kept. --input_format overrides the
 choice. Output: one jsonl line per good input line, the record plus "entities": [{start,
-end, mention, entity_id, title, score, nil}], character offsets into the text; to stdout
-without --output. From a file to a file the input is streamed in batches in constant
-memory with a progress bar, the output appears only when complete, and a killed run
-started again resumes where it stopped (`link_io`); from or to a pipe each batch is
-written as soon as it is linked. Bad lines are reported with file:line and skipped; so are
-a catalogue's with --skip_bad. With --evaluate, input lines that carry gold "mentions"
-([{start, end, label_id}], the BLINK document format) are scored: ELQ-style mention and
-linking P/R/F1, printed and written to WORKDIR/metrics.json under
-"link/<input name>/<mode>".
+end, mention, entity_id, title, [url,] score, nil}], character offsets into the text,
+entity_id the catalogue's id as given (42 or "Q42"); to stdout without --output. From a
+file to a file the input is streamed in batches in constant memory with a progress bar,
+the output appears only when complete, and a killed run started again resumes where it
+stopped (`link_io`); from or to a pipe each batch is written as soon as it is linked. Bad
+lines are reported with file:line and skipped; so are a catalogue's with --skip_bad. With
+--evaluate, input lines that carry gold "mentions" ([{start, end, label_id}], the BLINK
+document format, label_id the catalogue's id) are scored: ELQ-style mention and linking
+P/R/F1, printed and written to WORKDIR/metrics.json under "link/<input name>/<mode>".
 
 Arguments, input and output paths are checked before the model loads; a mistake in them,
 or a bad catalogue line, ends the run with one line (see `cli`; --debug for a traceback).

@@ -1,7 +1,8 @@
 """End-to-end linking metrics over character spans, in the style of ELQ (Li et al., 2020).
 
 Each document has gold spans and predicted spans, `(start, end, entity_id)` in character
-offsets with `end` exclusive. A gold span with entity_id == NIL_ID (-1) is a NIL gold: a
+offsets with `end` exclusive; entity ids are the catalogue's (integers or strings, compared
+as given: 42 and "42" differ). A gold span with entity_id == NIL_ID (-1) is a NIL gold: a
 mention whose entity is not in the catalogue. A predicted span is NIL (the linker found a
 mention but no entity above its threshold) when it carries nil=True or entity_id == NIL_ID.
 
@@ -52,7 +53,7 @@ class Span:
 
   start: int
   end: int
-  entity_id: int = NIL_ID
+  entity_id: int | str = NIL_ID
   nil: bool = False
 
 
@@ -110,8 +111,11 @@ def as_span(x: SpanLike) -> Span:
     span = x
   elif isinstance(x, Mapping):
     entity_id = x.get("entity_id", x.get("label_id", NIL_ID))
+    if entity_id is None:
+      entity_id = NIL_ID
     span = Span(int(x["start"]), int(x["end"]),
-                NIL_ID if entity_id is None else int(entity_id), bool(x.get("nil", False)))
+                entity_id if isinstance(entity_id, str) else int(entity_id),
+                bool(x.get("nil", False)))
   else:
     span = Span(*x)
   if not 0 <= span.start < span.end:
@@ -122,7 +126,9 @@ def as_span(x: SpanLike) -> Span:
 def _arrays(spans: list[Span]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   starts = np.array([s.start for s in spans], np.int64)
   ends = np.array([s.end for s in spans], np.int64)
-  ids = np.array([s.entity_id for s in spans], np.int64)
+  # Object ids: a catalogue's ids may be strings; == on them compares as Python does.
+  ids = np.empty(len(spans), object)
+  ids[:] = [s.entity_id for s in spans]
   return starts, ends, ids
 
 

@@ -42,10 +42,33 @@ def chain(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def linker_workdir(chain):
-  """`chain`'s workdir with its linker trained (tests/test_linker.py's `linked` trains
-  the same one; whichever comes second only re-evaluates it)."""
+def linked(chain):
+  """The chain's workdir with a trained end-to-end linker: (config, workdir, stage result).
+
+  Session-wide: the linker, CLI, string-id and spaCy tests all link with the one model.
+  """
   from blink_jax.stages import linker as train_linker  # pylint: disable=g-import-not-at-top
   config, workdir, _, _ = chain
-  train_linker.train_and_evaluate(config, workdir)
-  return workdir
+  return config, workdir, train_linker.train_and_evaluate(config, workdir)
+
+
+def private_workdir(workdir: str, dst, *, checkpoints: bool = True):
+  """`workdir` through links, but with a linker/ folder of its own: an index cached there
+  (Linker.load(entities=...)) stays out of the shared workdir. Without `checkpoints`, the
+  linker has none."""
+  (dst / "linker").mkdir(parents=True)
+  for name in os.listdir(workdir):
+    if name != "linker":
+      os.symlink(os.path.join(workdir, name), dst / name)
+  for name in os.listdir(os.path.join(workdir, "linker")):
+    if name == "checkpoints" and not checkpoints:
+      (dst / "linker" / name).mkdir()
+    elif not name.startswith("index-"):
+      os.symlink(os.path.join(workdir, "linker", name), dst / "linker" / name)
+  return dst
+
+
+@pytest.fixture(scope="session")
+def linker_workdir(linked):
+  """The workdir of `linked` (its trained linker)."""
+  return linked[1]

@@ -25,12 +25,23 @@ def _config(**index):
   return config
 
 
-def test_parse_ids(tmp_path):
-  assert build_index.parse_ids("3, 17,") == [3, 17]
+def test_ids_to_delete_are_the_catalogues_own(tmp_path):
+  assert build_index.parse_ids("3, 17,") == [("index.delete item 1", "3"),
+                                             ("index.delete item 2", "17")]
+  emb = np.eye(4, dtype=np.float32)
+  ints = index_lib.Index.build(emb[:3], [3, 17, 5], ["a", "b", "c"], backend="exact")
+  assert build_index.labels_to_delete(ints, "3, 17,") == [3, 17]
   path = tmp_path / "ids.txt"
   path.write_text("5\n\n9\nx\n")
-  with pytest.raises(ValueError, match=r"ids.txt:4: 'x' is not an entity id"):
-    build_index.parse_ids(str(path))
+  with pytest.raises(ValueError, match=r"ids.txt:3: '9' is not the id of an entity"):
+    build_index.labels_to_delete(ints, str(path))
+  # String ids (and an integer and a string that read alike), named in a file, one a line.
+  keyed = index_lib.Index.build(emb, [0, 1, 2, 3], ["a", "b", "c", "d"], backend="exact",
+                                keys=["Q1", 42, "42", "https://x.org/a,b"])
+  path.write_text('Q1\n42\n"42"\nhttps://x.org/a,b\n')
+  assert build_index.labels_to_delete(keyed, str(path)) == [0, 1, 2, 3]
+  with pytest.raises(ValueError, match=r"item 2: 'Q9' is not the id of an entity"):
+    build_index.labels_to_delete(keyed, "Q1,Q9")
 
 
 def test_build_add_delete_from_the_cli_path(tmp_path):

@@ -348,3 +348,49 @@ def test_two_processes_each_hold_a_slice_and_match_one(tmp_path):
   _, want = brute_force(emb, queries(emb, 100, seed=1), 16)
   assert got["ids"] == want.tolist()
   assert got["after"] == [5000, 5001] and got["count"] == 3001
+
+
+def test_string_ids_and_urls_survive_save_load_and_changes(tmp_path):
+  emb = catalogue(50, seed=40)
+  paris = "https://en.wikipedia.org/wiki/Paris"
+  keys = [f"Q{i}" for i in range(48)] + [7, paris]  # Strings, an integer, a URL.
+  urls = [None] * 49 + [paris]
+  idx = index_lib.Index.build(emb, np.arange(50), [f"t{i}" for i in range(50)],
+                              backend="exact", keys=keys, urls=urls)
+  idx.save(tmp_path / "ix")
+  back = index_lib.Index.load(tmp_path / "ix")
+  assert back.key_of([0, 48, 49, 99]) == ["Q0", 7, paris, None]
+  assert type(back.key_of([48])[0]) is int  # 7 stays 7, not "7".
+  assert back.url_of([49, 0]) == [paris, None]
+  assert back.label_of(["Q3", 7, "7", "Q999"]).tolist() == [3, 48, -1, -1]
+  # Adding by catalogue id: a known id keeps its label (replaced), a new one gets a fresh one.
+  labels = back.labels_for(["Q3", "Q100"])
+  assert labels.tolist() == [3, 50]
+  back.add(emb[:2] * 10, labels, ["new3", "new100"], keys=["Q3", "Q100"],
+           urls=["http://a", None])
+  _, got = back.search(emb[:2] * 10, 1)
+  assert back.key_of(got[:, 0]) == ["Q3", "Q100"]
+  assert back.title_of([3]) == ["new3"] and back.url_of([3, 50]) == ["http://a", None]
+  back.delete(back.label_of(["Q100"]))
+  back.save(tmp_path / "ix")
+  again = index_lib.Index.load(tmp_path / "ix")
+  assert len(again) == 50 and again.label_of(["Q100"]).tolist() == [-1]
+  assert again.key_of([3, 48, 49]) == ["Q3", 7, paris]
+  assert again.url_of([3]) == ["http://a"]
+
+
+def test_an_integer_index_keeps_its_ids_and_its_file(tmp_path):
+  emb = catalogue(4, seed=41)
+  idx = index_lib.Index.build(emb[:3], [10, 11, 12], ["a", "b", "c"], backend="exact")
+  idx.save(tmp_path / "ix")
+  lines = (tmp_path / "ix" / "entities.jsonl").read_text().splitlines()
+  # The same lines as before string ids existed: no "key", no "url".
+  assert [json.loads(x) for x in lines] == [{"id": i, "title": t, "world": None}
+                                            for i, t in ((10, "a"), (11, "b"), (12, "c"))]
+  assert idx.labels_for([11, 99]).tolist() == [11, 99] and idx.keys is None
+  assert idx.key_of([10, 5]) == [10, None] and idx.label_of(["10", 10]).tolist() == [-1, 10]
+  # A string id added to it: the integer ids still name their entities.
+  labels = idx.labels_for(["Q1", 11])
+  assert labels.tolist() == [13, 11]
+  idx.add(emb[:2], labels, ["q", "b2"], keys=["Q1", 11])
+  assert idx.key_of([10, 11, 13]) == [10, 11, "Q1"] and idx.title_of([11]) == ["b2"]

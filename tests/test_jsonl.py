@@ -86,15 +86,19 @@ BAD_ENTITY_LINES = {
     "not_json": '{"id": 1, "title": ',
     "not_object": "[1, 2]",
     "missing_field": {"id": 1, "title": "T"},
-    "bad_field": {"id": "1", "title": "T", "text": ""},
+    "bad_field": {"id": 1.5, "title": "T", "text": ""},
     "bool_id": {"id": True, "title": "T", "text": ""},
     "negative_id": {"id": -3, "title": "T", "text": ""},
+    "empty_id": {"id": " ", "title": "T", "text": ""},
+    "bad_url": {"id": 1, "title": "T", "text": "", "url": 7},
     "duplicate_id": {"id": 0, "title": "Again", "text": ""},
 }
 EXPECTED_TEXT = {"invalid_utf8": "invalid UTF-8", "not_json": "not valid JSON",
                  "not_object": "expected a JSON object", "missing_field": "missing field 'text'",
-                 "bad_field": "field 'id' must be int", "bool_id": "field 'id' must be int",
-                 "negative_id": "must be >= 0", "duplicate_id": "duplicate entity id 0"}
+                 "bad_field": "field 'id' must be int or str, got float",
+                 "bool_id": "field 'id' must be int or str, got bool",
+                 "negative_id": "must be >= 0", "empty_id": "entity id must not be empty",
+                 "bad_url": "field 'url' must be str", "duplicate_id": "duplicate entity id 0"}
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_ENTITY_LINES))

@@ -28,6 +28,7 @@ from blink_jax.data import jsonl
 from blink_jax.data import sources
 from blink_jax.data.jsonl import Document
 from blink_jax.models import mention_detection
+from conftest import private_workdir as _private_workdir
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -235,10 +236,8 @@ def test_render_marks_linked_and_nil_spans():
 
 
 # ------------------------------------------------------- trained, end to end
-@pytest.fixture(scope="module")
-def linked(chain):
-  config, workdir, _, _ = chain
-  return config, workdir, train_linker.train_and_evaluate(config, workdir)
+# `linked` (conftest.py): the chain's workdir with a trained linker, shared by the modules
+# that link with it.
 
 
 def test_linker_stage_writes_reports_and_calibration(linked):
@@ -432,21 +431,6 @@ def test_cli_links_each_typed_line_at_once(linked):
   assert run.returncode == 0, err[-3000:]
   assert err.decode().splitlines()[0] == (
       "Reading texts from the terminal, one per line; Ctrl-D ends.")
-
-
-def _private_workdir(workdir: str, dst: Path, *, checkpoints: bool = True) -> Path:
-  """`workdir` through links, but with a linker/ folder of its own: an index cached there
-  stays out of the module's workdir. Without `checkpoints`, the linker has none."""
-  (dst / "linker").mkdir(parents=True)
-  for name in os.listdir(workdir):
-    if name != "linker":
-      os.symlink(os.path.join(workdir, name), dst / name)
-  for name in os.listdir(os.path.join(workdir, "linker")):
-    if name == "checkpoints" and not checkpoints:
-      (dst / "linker" / name).mkdir()
-    elif not name.startswith("index-"):
-      os.symlink(os.path.join(workdir, "linker", name), dst / "linker" / name)
-  return dst
 
 
 def test_cli_reports_a_bad_catalogue_in_one_line_or_skips_it(linked, tmp_path):

@@ -37,3 +37,29 @@ def test_the_jsonl_config_defaults_are_the_recipe():
   assert config.train.num_epochs > config.hard_negatives.start_epoch  # Negatives are used.
   assert config.cross.model.init_from == config.model.init_from  # Not random weights.
   assert config.hard_negatives.hybrid
+
+
+def test_string_id_files_are_read_through_the_catalogues_ids(tmp_path):
+  # A Wikidata-style catalogue, and mention and document files that name entities by QID.
+  kb = [{"id": q, "title": t, "text": f"About {t}."}
+        for q, t in (("Q90", "Paris"), ("Q456", "Lyon"), ("Q64", "Berlin"))]
+  jsonl.write_jsonl(tmp_path / "kb.jsonl", kb)
+  jsonl.write_jsonl(tmp_path / "train.jsonl", [
+      {"context_left": "x ", "mention": "Berlin", "context_right": " y", "label_id": "Q64"},
+      {"context_left": "x ", "mention": "Nobody", "context_right": " y", "label_id": -1}])
+  jsonl.write_jsonl(tmp_path / "docs.jsonl", [
+      {"id": 1, "text": "Lyon, Paris.", "mentions": [
+          {"start": 0, "end": 4, "label_id": "Q456"}, {"start": 6, "end": 11,
+                                                       "label_id": "Q90"}]}])
+  config = jsonl_config.get_config()
+  config.data.entities = str(tmp_path / "kb.jsonl")
+  config.data.train = str(tmp_path / "train.jsonl")
+  config.data.eval = str(tmp_path / "train.jsonl")
+  config.data.eval_documents = str(tmp_path / "docs.jsonl")
+  data = sources.load(config, str(tmp_path), documents=True)
+  assert data.entities.keys.tolist() == ["Q90", "Q456", "Q64"]
+  # Labels are the catalogue's record positions; NIL stays -1 (and leaves training).
+  assert data.train.labels.tolist() == [2] and data.evals["train"].labels.tolist() == [2, -1]
+  assert [s.label_id for s in data.eval_documents["docs"][0].spans] == [1, 0]
+  rows = data.entities.positions_of(data.train.labels)
+  assert [e.entity_id for e in data.entities.take(rows)] == ["Q64"]

@@ -146,3 +146,15 @@ def test_counts_add_and_bad_spans():
     score_document([(5, 5, 1)], [])
   with pytest.raises(ValueError):
     score_document([], [(-1, 3, 1)])
+
+
+def test_string_entity_ids_compare_as_given():
+  # A catalogue of string ids (and one integer that reads like a string id).
+  gold = [{"start": 0, "end": 5, "label_id": "Q90"}, {"start": 6, "end": 8, "label_id": 42},
+          {"start": 9, "end": 12, "label_id": NIL}]
+  pred = [{"start": 0, "end": 5, "entity_id": "Q90", "nil": False},
+          {"start": 6, "end": 8, "entity_id": "42", "nil": False},  # "42" is not 42.
+          {"start": 9, "end": 12, "entity_id": "Q1", "nil": True}]
+  s = score_document(gold, pred)
+  assert counts(s, "linking/strong") == (1, 2, 1, 2)
+  assert s["nil/strong"] == NilCounts(gold=1, linked=0, predicted_nil=1, missed=0)

@@ -2,13 +2,19 @@
 
 Three line formats (extra keys such as "dataset" are accepted and ignored):
 
-* entity:   {"id": int, "title": str, "text": str, "world"?: str}
-* mention:  {"context_left": str, "mention": str, "context_right": str, "label_id": int,
+* entity:   {"id": int|str, "title": str, "text": str, "url"?: str, "world"?: str}
+* mention:  {"context_left": str, "mention": str, "context_right": str, "label_id": int|str,
              "world"?: str, "id"?: str|int, "label_title"?: str}; label_id -1 means NIL.
 * document: {"id": str|int, "text": str, "world"?: str,
-             "mentions": [{"start": int, "end": int, "label_id"?: int, "label_title"?: str,
-                           "mention"?: str}]}  (character offsets, end exclusive; at least one
-             of label_id / label_title).
+             "mentions": [{"start": int, "end": int, "label_id"?: int|str,
+                           "label_title"?: str, "mention"?: str}]}  (character offsets, end
+             exclusive; at least one of label_id / label_title).
+
+Entity ids are integers >= 0 (BLINK) or non-empty strings (e.g. Wikidata QIDs, URLs). A
+catalogue of integer ids uses them as its labels; any other is labelled by record order,
+and a mention's or span's label_id, read with the catalogue (`catalogue_ids`), is mapped
+to that label (see `entity_ids`). Records hold the labels; an `Entity` also keeps its id
+as given (`entity_id`).
 
 Readers decode each line themselves so that invalid UTF-8 is reported with its line number.
 A bad line raises `DataError("{path}:{lineno}: ...")`, or, with `skip_bad=True`, is skipped and
@@ -30,7 +36,9 @@ from typing import Any, Callable, TypeVar, Union
 
 import numpy as np
 
+from blink_jax.data import entity_ids as entity_ids_lib
 from blink_jax.data import records as records_lib
+from blink_jax.data.entity_ids import EntityIds, Key
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +46,9 @@ NIL_ID = -1  # label_id of a mention whose gold entity is not in the catalogue.
 
 PathLike = Union[str, os.PathLike]
 T = TypeVar("T")
+# What mentions and documents are checked (and their string ids mapped) against: a
+# catalogue's table, or the set of an integer catalogue's ids.
+Catalogue = Union[EntityIds, set, frozenset, None]
 
 
 class DataError(ValueError):
@@ -74,16 +85,29 @@ class ReadStats:
 
 @dataclasses.dataclass(frozen=True)
 class Entity:
-  """One catalogue entry; `id` is the global integer label that mentions point to."""
+  """One catalogue entry; `id` is the global integer label that mentions point to.
+
+  `key` is the catalogue's own id when it is not `id` itself (string or mixed ids, see
+  `entity_ids`); `entity_id` is the id as given either way. `url` is optional.
+  """
 
   id: int
   title: str
   text: str
   world: str | None = None
+  key: Key | None = None
+  url: str | None = None
+
+  @property
+  def entity_id(self) -> Key:
+    """The id as the catalogue gives it (42 or "Q42")."""
+    return self.id if self.key is None else self.key
 
   def to_json(self) -> dict[str, Any]:
-    """The entity line format (world only when set)."""
-    out: dict[str, Any] = {"id": self.id, "title": self.title, "text": self.text}
+    """The entity line format, with the id as given (url and world only when set)."""
+    out: dict[str, Any] = {"id": self.entity_id, "title": self.title, "text": self.text}
+    if self.url is not None:
+      out["url"] = self.url
     if self.world is not None:
       out["world"] = self.world
     return out
@@ -91,7 +115,10 @@ class Entity:
 
 @dataclasses.dataclass(frozen=True)
 class Mention:
-  """A mention in context; label_id == NIL_ID (-1) when the gold entity is not in the catalogue."""
+  """A mention in context; label_id == NIL_ID (-1) when the gold entity is not in the catalogue.
+
+  label_id is the catalogue's label (its id for an integer catalogue; see `entity_ids`).
+  """
 
   context_left: str
   mention: str
@@ -177,23 +204,55 @@ def _field(obj: dict, key: str, kind: type | tuple[type, ...], *, where: str = "
   return value
 
 
-def _check_label(label_id: int, catalogue_ids: set[int] | None, where: str = "") -> None:
-  if catalogue_ids is not None and label_id != NIL_ID and label_id not in catalogue_ids:
-    raise LineError(f"{where}label_id {label_id} is not in the entity catalogue",
-                     "label_not_in_catalogue")
+def _as_catalogue(catalogue_ids: Catalogue) -> EntityIds | None:
+  """The lookup table of what a reader was given (a set of integer ids is its own)."""
+  if catalogue_ids is None or isinstance(catalogue_ids, EntityIds):
+    return catalogue_ids
+  return EntityIds(catalogue_ids)
 
 
-def _parse_entity(obj: dict) -> Entity:
-  eid = _field(obj, "id", int)
-  if eid < 0:
-    raise LineError(f"entity id must be >= 0, got {eid}", "bad_field")
-  return Entity(id=eid, title=_field(obj, "title", str), text=_field(obj, "text", str),
-                world=_field(obj, "world", str, optional=True))
+def _label(obj: dict, catalogue: EntityIds | None, where: str = "",
+           optional: bool = False) -> int | None:
+  """obj["label_id"] as a catalogue label: -1 stays NIL, an id is mapped through the table.
+
+  Without a catalogue an integer is taken as it is (BLINK files read alone); a string id
+  cannot be, since only its catalogue knows its label.
+  """
+  value = _field(obj, "label_id", (int, str), where=where, optional=optional)
+  if value is None or value == NIL_ID:
+    return value
+  if catalogue is None:
+    if isinstance(value, str):
+      raise LineError(f"{where}label_id {entity_ids_lib.show(value)} is a string id: read "
+                      "the file with its entity catalogue", "label_not_in_catalogue")
+    return value
+  label = catalogue.label(value)
+  if label is None:
+    raise LineError(f"{where}label_id {entity_ids_lib.show(value)} is not in the entity "
+                    "catalogue", "label_not_in_catalogue")
+  return label
 
 
-def _parse_mention(obj: dict, catalogue_ids: set[int] | None) -> Mention:
-  label_id = _field(obj, "label_id", int)
-  _check_label(label_id, catalogue_ids)
+def _entity_key(obj: dict) -> Key:
+  key = _field(obj, "id", (int, str))
+  if isinstance(key, int) and key < 0:
+    raise LineError(f"entity id must be >= 0, got {key}", "bad_field")
+  if isinstance(key, str) and not key.strip():
+    raise LineError(f"entity id must not be empty, got {key!r}", "bad_field")
+  return key
+
+
+def _parse_entity(obj: dict, label: int, keyed: bool) -> Entity:
+  """The entity of a line, labelled `label`; `keyed`: its id is kept apart from the label
+  (a catalogue labelled by record order; in an integer catalogue the id is the label)."""
+  key = _entity_key(obj)
+  return Entity(id=label, title=_field(obj, "title", str), text=_field(obj, "text", str),
+                world=_field(obj, "world", str, optional=True), key=key if keyed else None,
+                url=_field(obj, "url", str, optional=True))
+
+
+def _parse_mention(obj: dict, catalogue: EntityIds | None) -> Mention:
+  label_id = _label(obj, catalogue)
   return Mention(
       context_left=_field(obj, "context_left", str),
       mention=_field(obj, "mention", str),
@@ -205,13 +264,13 @@ def _parse_mention(obj: dict, catalogue_ids: set[int] | None) -> Mention:
   )
 
 
-def _parse_span(obj: Any, text: str, i: int, catalogue_ids: set[int] | None) -> Span:
+def _parse_span(obj: Any, text: str, i: int, catalogue: EntityIds | None) -> Span:
   where = f"mentions[{i}]: "
   if not isinstance(obj, dict):
     raise LineError(f"{where}must be an object, got {type(obj).__name__}", "bad_field")
   start = _field(obj, "start", int, where=where)
   end = _field(obj, "end", int, where=where)
-  label_id = _field(obj, "label_id", int, where=where, optional=True)
+  label_id = _label(obj, catalogue, where, optional=True)
   label_title = _field(obj, "label_title", str, where=where, optional=True)
   mention = _field(obj, "mention", str, where=where, optional=True)
   if label_id is None and label_title is None:
@@ -222,17 +281,15 @@ def _parse_span(obj: Any, text: str, i: int, catalogue_ids: set[int] | None) -> 
   if mention is not None and text[start:end] != mention:
     raise LineError(f"{where}mention {mention!r} does not match text[{start}:{end}] = "
                      f"{text[start:end]!r}", "bad_span")
-  if label_id is not None:
-    _check_label(label_id, catalogue_ids, where)
   return Span(start=start, end=end, label_id=label_id, label_title=label_title,
               mention=text[start:end])
 
 
-def _parse_document(obj: dict, catalogue_ids: set[int] | None) -> Document:
+def _parse_document(obj: dict, catalogue: EntityIds | None) -> Document:
   doc_id = _field(obj, "id", (str, int))
   text = _field(obj, "text", str)
   raw_spans = _field(obj, "mentions", list)
-  spans = tuple(_parse_span(s, text, i, catalogue_ids) for i, s in enumerate(raw_spans))
+  spans = tuple(_parse_span(s, text, i, catalogue) for i, s in enumerate(raw_spans))
   return Document(id=doc_id, text=text, spans=spans,
                   world=_field(obj, "world", str, optional=True))
 
@@ -312,34 +369,44 @@ def _iter_records(path: PathLike, parse: Callable[[dict], T], *, skip_bad: bool,
 
 def iter_entities(path: PathLike, *, skip_bad: bool = False,
                   stats: ReadStats | None = None) -> Iterator[Entity]:
-  """Streams the entity catalogue at `path`; duplicate ids are an error (or skipped)."""
-  return _iter_records(path, _entity_parser(), skip_bad=skip_bad, stats=stats)
+  """Streams the entity catalogue at `path`; duplicate ids are an error (or skipped).
+
+  Two passes over the file: whether the ids are all integers, which decides the labels
+  (see `entity_ids`), is known only at its end.
+  """
+  return iter(open_entities(path, skip_bad=skip_bad, stats=stats))
 
 
-def _entity_parser() -> Callable[[dict], Entity]:
-  seen: set[int] = set()
+def _entity_key_parser() -> Callable[[dict], tuple[Key, str | None]]:
+  """The first pass over a catalogue: each line checked whole, (id, world) kept."""
+  seen: set = set()  # 42 and "42" are two ids (and True is no id: _field refuses bools).
 
-  def parse(obj: dict) -> Entity:
-    entity = _parse_entity(obj)
-    if entity.id in seen:
-      raise LineError(f"duplicate entity id {entity.id}", "duplicate_id")
-    seen.add(entity.id)
-    return entity
+  def parse(obj: dict) -> tuple[Key, str | None]:
+    entity = _parse_entity(obj, 0, keyed=True)  # Every field checked; labels come later.
+    key = entity.key
+    if key in seen:
+      raise LineError(f"duplicate entity id {entity_ids_lib.show(key)}", "duplicate_id")
+    seen.add(key)
+    return key, entity.world
 
   return parse
 
 
-def iter_mentions(path: PathLike, *, catalogue_ids: set[int] | None = None,
+def iter_mentions(path: PathLike, *, catalogue_ids: Catalogue = None,
                   skip_bad: bool = False, stats: ReadStats | None = None) -> Iterator[Mention]:
-  """Streams mentions at `path`; with catalogue_ids, a label outside it (other than -1) is bad."""
-  return _iter_records(path, lambda obj: _parse_mention(obj, catalogue_ids),
+  """Streams mentions at `path`; with catalogue_ids (an `EntityIds`, or a set of integer
+  ids), label ids are mapped to the catalogue's labels and one outside it (other than -1)
+  is bad."""
+  catalogue = _as_catalogue(catalogue_ids)
+  return _iter_records(path, lambda obj: _parse_mention(obj, catalogue),
                        skip_bad=skip_bad, stats=stats)
 
 
-def iter_documents(path: PathLike, *, catalogue_ids: set[int] | None = None,
+def iter_documents(path: PathLike, *, catalogue_ids: Catalogue = None,
                    skip_bad: bool = False, stats: ReadStats | None = None) -> Iterator[Document]:
   """Streams documents at `path`, checking every span against the text and the catalogue."""
-  return _iter_records(path, lambda obj: _parse_document(obj, catalogue_ids),
+  catalogue = _as_catalogue(catalogue_ids)
+  return _iter_records(path, lambda obj: _parse_document(obj, catalogue),
                        skip_bad=skip_bad, stats=stats)
 
 
@@ -349,13 +416,13 @@ def read_entities(path: PathLike, *, skip_bad: bool = False,
   return list(iter_entities(path, skip_bad=skip_bad, stats=stats))
 
 
-def read_mentions(path: PathLike, *, catalogue_ids: set[int] | None = None,
+def read_mentions(path: PathLike, *, catalogue_ids: Catalogue = None,
                   skip_bad: bool = False, stats: ReadStats | None = None) -> list[Mention]:
   """All mentions at `path` as a list, in file order."""
   return list(iter_mentions(path, catalogue_ids=catalogue_ids, skip_bad=skip_bad, stats=stats))
 
 
-def read_documents(path: PathLike, *, catalogue_ids: set[int] | None = None,
+def read_documents(path: PathLike, *, catalogue_ids: Catalogue = None,
                    skip_bad: bool = False, stats: ReadStats | None = None) -> list[Document]:
   """All documents at `path` as a list, in file order."""
   return list(iter_documents(path, catalogue_ids=catalogue_ids, skip_bad=skip_bad, stats=stats))
@@ -364,16 +431,25 @@ def read_documents(path: PathLike, *, catalogue_ids: set[int] | None = None,
 # ------------------------------------------------------------------------ random access
 
 
-def _open(path: PathLike, parse: Callable[[dict], T], reparse: Callable[[dict], T],
-          label: Callable[[T], int], *, skip_bad: bool,
-          stats: ReadStats | None) -> records_lib.Records[T]:
-  """Validates every line of `path` once, then reads records by row (see records.py)."""
+def _open(path: PathLike, parse: Callable[[dict], Any], reparse: Callable[[dict, int], T],
+          columns: Callable[[Any], tuple[Any, str | None]], *, skip_bad: bool,
+          stats: ReadStats | None, labelled: Callable[[list], tuple] | None = None
+          ) -> records_lib.Records[T]:
+  """Validates every line of `path` once, then reads records by row (see records.py).
+
+  `columns(parsed)` gives a line's (label, world); `labelled(labels)` may turn the labels
+  of the whole file into (labels, key column) (a catalogue's ids, see `entity_ids`);
+  `reparse(obj, label)` makes the record of a row when it is read.
+  """
   offsets, labels, worlds = [], [], []
-  for offset, record in _scan(path, parse, skip_bad=skip_bad, stats=stats):
+  for offset, parsed in _scan(path, parse, skip_bad=skip_bad, stats=stats):
     offsets.append(offset)
-    labels.append(label(record))
-    worlds.append(record.world)
+    label, world = columns(parsed)
+    labels.append(label)
+    worlds.append(world)
   offsets = np.asarray(offsets, np.int64)
+  labels, keys = labelled(labels) if labelled else (labels, None)
+  labels = np.asarray(labels, np.int64)
   stamp = _stamp(path)
 
   def read(rows: np.ndarray) -> list[T]:
@@ -383,10 +459,10 @@ def _open(path: PathLike, parse: Callable[[dict], T], reparse: Callable[[dict], 
     with open(path, "rb") as f:
       for row in rows:
         f.seek(offsets[row])
-        out.append(reparse(decode_line(f.readline())))
+        out.append(reparse(decode_line(f.readline()), int(labels[row])))
     return out
 
-  return records_lib.Records(read, labels, worlds)
+  return records_lib.Records(read, labels, worlds, keys=keys)
 
 
 def _stamp(path: PathLike) -> tuple[int, int]:
@@ -396,18 +472,34 @@ def _stamp(path: PathLike) -> tuple[int, int]:
 
 def open_entities(path: PathLike, *, skip_bad: bool = False,
                   stats: ReadStats | None = None) -> records_lib.Records[Entity]:
-  """The catalogue at `path`, checked line by line now and read by row later."""
-  return _open(path, _entity_parser(), _parse_entity, lambda e: e.id,
-               skip_bad=skip_bad, stats=stats)
+  """The catalogue at `path`, checked line by line now and read by row later.
+
+  Its labels are its ids when they are all integers, else the record positions, with the
+  ids in `keys` (`EntityIds.of(records)` looks them up).
+  """
+  keyed = []  # Set at the end of the first pass: whether the labels are record positions.
+
+  def labelled(keys: list) -> tuple[np.ndarray, list | None]:
+    labels, key_column = entity_ids_lib.labels_for(keys)
+    keyed.append(key_column is not None)
+    return labels, key_column
+
+  def reparse(obj: dict, label: int) -> Entity:
+    return _parse_entity(obj, label, keyed[0])
+
+  return _open(path, _entity_key_parser(), reparse, lambda parsed: parsed,
+               skip_bad=skip_bad, stats=stats, labelled=labelled)
 
 
-def open_mentions(path: PathLike, *, catalogue_ids: set[int] | None = None,
+def open_mentions(path: PathLike, *, catalogue_ids: Catalogue = None,
                   skip_bad: bool = False,
                   stats: ReadStats | None = None) -> records_lib.Records[Mention]:
   """The mentions at `path`, checked line by line now and read by row later."""
-  return _open(path, lambda obj: _parse_mention(obj, catalogue_ids),
-               lambda obj: _parse_mention(obj, None), lambda m: m.label_id,
-               skip_bad=skip_bad, stats=stats)
+  catalogue = _as_catalogue(catalogue_ids)
+  return _open(path, lambda obj: _parse_mention(obj, catalogue),
+               # The row passed this parse once: with the same table it maps the same way.
+               lambda obj, label: _parse_mention(obj, catalogue),
+               lambda m: (m.label_id, m.world), skip_bad=skip_bad, stats=stats)
 
 
 # ---------------------------------------------------------------------------------- writers

@@ -2,7 +2,9 @@
 
 A `Records` holds in memory only what global decisions need, one small
 column per record: its integer `label` (an entity's id; a mention's gold
-label_id) and its `world`. The records themselves (titles, descriptions,
+label_id) and its `world`; and, for a catalogue whose ids are not all
+integers, its `keys` (the ids as given; the labels are then record positions,
+see `entity_ids`). The records themselves (titles, descriptions,
 contexts) stay on disk and are read by row when a batch needs them: a jsonl
 file through a byte-offset index built in one validating pass, a tfds
 array_record dataset through its data source. So a process that tokenizes
@@ -26,12 +28,15 @@ class Records(Generic[T]):
   """A sequence of records read by row, with their labels and worlds in memory."""
 
   def __init__(self, read: ReadFn, labels: np.ndarray, worlds: np.ndarray,
-               rows: np.ndarray | None = None):
+               rows: np.ndarray | None = None, keys: Sequence | None = None):
     self._read = read
     self._labels = np.asarray(labels, np.int64)
     self._worlds = np.asarray(worlds, object)
     if len(self._labels) != len(self._worlds):
       raise ValueError(f"{len(self._labels)} labels but {len(self._worlds)} worlds.")
+    self._keys = None if keys is None else _object_column(keys)
+    if self._keys is not None and len(self._keys) != len(self._labels):
+      raise ValueError(f"{len(self._labels)} labels but {len(self._keys)} ids.")
     # A subset is a view: `rows` maps its positions to rows of the backing store.
     self._rows = None if rows is None else np.asarray(rows, np.int64)
     self._order: np.ndarray | None = None  # argsort of labels, for positions_of.
@@ -41,8 +46,12 @@ class Records(Generic[T]):
     """Records already in memory, labelled by `label_id` (mentions) or `id` (entities)."""
     records = list(records)
     labels = [r.label_id if hasattr(r, "label_id") else r.id for r in records]
+    # Entities of a catalogue with string ids carry them (`key`); the column is kept
+    # only then, as `open_entities` does.
+    keyed = any(getattr(r, "key", None) is not None for r in records)
     return cls(lambda rows: [records[i] for i in rows], labels,
-               [r.world for r in records])
+               [r.world for r in records],
+               keys=[r.entity_id for r in records] if keyed else None)
 
   @classmethod
   def concat(cls, parts: Sequence["Records[T]"]) -> "Records[T]":
@@ -58,8 +67,11 @@ class Records(Generic[T]):
           out[i] = r
       return out
 
+    keyed = any(p.keys is not None for p in parts)
+    keys = (np.concatenate([p.keys if p.keys is not None else _object_column(p.labels.tolist())
+                            for p in parts]) if keyed else None)
     return cls(read, np.concatenate([p.labels for p in parts] or [[]]),
-               np.concatenate([p.worlds for p in parts] or [[]]))
+               np.concatenate([p.worlds for p in parts] or [[]]), keys=keys)
 
   # ------------------------------------------------------------- columns
   @property
@@ -71,6 +83,13 @@ class Records(Generic[T]):
   def worlds(self) -> np.ndarray:
     """[N] object: each record's world, None for a single knowledge base."""
     return self._worlds if self._rows is None else self._worlds[self._rows]
+
+  @property
+  def keys(self) -> np.ndarray | None:
+    """[N] object: a catalogue's ids as given (int or str), when they are not the labels."""
+    if self._keys is None:
+      return None
+    return self._keys if self._rows is None else self._keys[self._rows]
 
   def __len__(self) -> int:
     return len(self._labels) if self._rows is None else len(self._rows)
@@ -100,7 +119,7 @@ class Records(Generic[T]):
     """A view of the records at `positions` (no record is read)."""
     positions = np.asarray(positions, np.int64)
     base = positions if self._rows is None else self._rows[positions]
-    return Records(self._read, self._labels, self._worlds, rows=base)
+    return Records(self._read, self._labels, self._worlds, rows=base, keys=self._keys)
 
   def in_worlds(self, worlds: set) -> "Records[T]":
     """The records whose world is in `worlds` (all of them if worlds == {None})."""
@@ -120,3 +139,10 @@ class Records(Generic[T]):
     i = np.minimum(np.searchsorted(mine, want, sorter=self._order), len(mine) - 1)
     pos = self._order[i]
     return np.where(mine[pos] == want, pos, -1)
+
+
+def _object_column(values: Sequence) -> np.ndarray:
+  """A 1-D object array of `values` as they are (np.asarray would turn ids into strings)."""
+  out = np.empty(len(values), object)
+  out[:] = list(values)
+  return out

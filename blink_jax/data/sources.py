@@ -36,6 +36,7 @@ from jax.experimental import multihost_utils
 from blink_jax.data import jsonl
 from blink_jax.data import synthetic
 from blink_jax.data import wikipedia
+from blink_jax.data.entity_ids import EntityIds
 from blink_jax.data.jsonl import Document, Entity, Mention
 from blink_jax.data.records import Records
 
@@ -167,7 +168,7 @@ def _load(config: ml_collections.ConfigDict, workdir: str, *,
   if d.kind == "synthetic":
     paths = synthetic_paths(config, workdir)
     entities = jsonl.open_entities(paths["entities"], skip_bad=skip)
-    ids = set(entities.labels.tolist())
+    ids = EntityIds.of(entities)
     return LinkingData(
         entities=entities,
         train=jsonl.open_mentions(paths["train_mentions"], catalogue_ids=ids, skip_bad=skip),
@@ -182,7 +183,8 @@ def _load(config: ml_collections.ConfigDict, workdir: str, *,
     if not d.get("entities"):
       raise ValueError("data.kind='jsonl' needs --config.data.entities=PATH.")
     entities = jsonl.open_entities(d.entities, skip_bad=skip)
-    ids = set(entities.labels.tolist())
+    # Mentions and documents name entities by the catalogue's ids (integers or strings).
+    ids = EntityIds.of(entities)
     train = Records.concat([jsonl.open_mentions(p, catalogue_ids=ids, skip_bad=skip)
                             for p in _paths(d.get("train") or "")] or [Records.of([])])
     evals = {_eval_name(p): jsonl.open_mentions(p, catalogue_ids=ids, skip_bad=skip)

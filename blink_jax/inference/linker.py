@@ -7,6 +7,9 @@
   linker.disambiguate([{"context_left": "", "mention": "Defo",
                         "context_right": " bore the emblem ..."}])
 
+entity_id is the catalogue's id as given (17, or "Q42" for a catalogue of string ids),
+and a "url" follows the title when the catalogue has one for that entity.
+
 Three steps per batch of texts:
   1. Mention detection: each text's word-piece windows through the context
      tower and its span head (`models/mention_detection.py`); spans whose
@@ -363,16 +366,33 @@ class Linker:
     r = self.ranked(mentions, worlds, mode)
     return r.ids, r.scores
 
+  def entity_fields(self, labels: Sequence[int] | np.ndarray) -> list[dict]:
+    """{"entity_id", "title"[, "url"]} of each entity label, as the catalogue gives them.
+
+    entity_id is the catalogue's id with its JSON type (42 or "Q42"); url only when the
+    catalogue has one. A label with no entity (-1: no candidate) gives entity_id -1.
+    """
+    labels = np.asarray(labels, np.int64).reshape(-1)
+    keys, titles, urls = (self.index.key_of(labels), self.index.title_of(labels),
+                          self.index.url_of(labels))
+    out = []
+    for label, key, title, url in zip(labels.tolist(), keys, titles, urls):
+      fields = {"entity_id": label if key is None else key, "title": title}
+      if url is not None:
+        fields["url"] = url
+      out.append(fields)
+    return out
+
   def _results(self, mentions, ranked: Ranking, mode, top_k: int, spans=None) -> list[dict]:
     probs = probabilities(ranked.scores)
     conf = probs[:, 0] if len(probs) else np.zeros(0, np.float32)
     top = ranked.ids[:, 0] if len(ranked.ids) else np.zeros(0, np.int64)
-    titles = self.index.title_of(top)
+    entities = self.entity_fields(top)
     thr = self.nil_threshold[mode]
     out = []
     for i, m in enumerate(mentions):
       start, end = (None, None) if spans is None else spans[i]
-      out.append(results.span(m.mention, top[i], titles[i], conf[i],
+      out.append(results.span(m.mention, entities[i], conf[i],
                               conf[i] < thr or top[i] < 0, start=start, end=end))
     if top_k:
       for r, cands in zip(out, self._candidates(ranked, probs, top_k)):
@@ -382,11 +402,12 @@ class Linker:
   def _candidates(self, ranked: Ranking, probs: np.ndarray, top_k: int) -> list[list[dict]]:
     """Each mention's first `top_k` candidates (padding left out)."""
     ids = ranked.ids[:, :top_k]
-    titles = np.array(self.index.title_of(ids.reshape(-1)), object).reshape(ids.shape)
+    k = ids.shape[1]
+    fields = self.entity_fields(ids.reshape(-1))
     out = []
     for i in range(len(ids)):
       out.append([results.candidate(
-          ids[i, j], titles[i, j], probs[i, j], ranked.bi_scores[i, j],
+          fields[i * k + j], probs[i, j], ranked.bi_scores[i, j],
           None if ranked.cross_scores is None else ranked.cross_scores[i, j])
                   for j in range(ids.shape[1]) if ids[i, j] >= 0])
     return out
@@ -523,13 +544,17 @@ def confidence(scores: np.ndarray) -> np.ndarray:
 
 def make_index(config, entities: Records[Entity], embeddings: np.ndarray, mesh,
                model_id: dict) -> index_lib.Index:
-  """The linker's index of `entities`, whose `embeddings` its (frozen) entity tower made."""
-  titles = [e.title for e in entities.take(np.arange(len(entities)))]
+  """The linker's index of `entities`, whose `embeddings` its (frozen) entity tower made.
+
+  It keeps each entity's title, url and id as given, which the linker's results carry.
+  """
+  records = entities.take(np.arange(len(entities)))
   ic = config.index
   return index_lib.Index.build(
-      embeddings, entities.labels, titles, entities.worlds, backend=ic.backend,
-      storage=ic.storage, mesh=mesh, k=ic.k, target_recall=ic.target_recall,
-      scann=dict(ic.scann), model=model_id, seed=config.seed)
+      embeddings, entities.labels, [e.title for e in records], entities.worlds,
+      backend=ic.backend, storage=ic.storage, mesh=mesh, k=ic.k,
+      target_recall=ic.target_recall, scann=dict(ic.scann), model=model_id,
+      seed=config.seed, keys=entities.keys, urls=[e.url for e in records])
 
 
 def index_for(config, workdir: str, trained: load_lib.Trained, tok: tokenization.Tokenizer,

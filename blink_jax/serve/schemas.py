@@ -90,6 +90,7 @@ class Candidate(BaseModel):
   model_config = _EXACT
   entity_id: results.EntityId
   title: str | None
+  url: str | None = Field(None, description="The catalogue's url, when it has one.")
   score: float = Field(description="Probability among the mode's candidates.")
   bi_score: float | None = Field(description="Bi-encoder dot product (null: a lexical-only "
                                  "candidate of hybrid retrieval).")
@@ -102,6 +103,7 @@ class Disambiguated(BaseModel):
   mention: str
   entity_id: results.EntityId
   title: str | None
+  url: str | None = Field(None, description="The catalogue's url, when it has one.")
   score: float = Field(description="The best candidate's probability among the mode's "
                        "candidates.")
   nil: bool

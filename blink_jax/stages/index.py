@@ -8,6 +8,7 @@ WORKDIR/biencoder: the one the linker starts from). Writes: WORKDIR/index/.
   python -m blink_jax.main --config=configs/demo.py --workdir=W --config.mode=index
   # Add entities (new ids are added, known ids replaced), delete others:
   ... --config.mode=index --config.index.add=new.jsonl --config.index.delete=17,42
+  ... --config.index.delete=Q42,Q7   # a catalogue of string ids (or a file, one per line)
 
 The catalogue is read and encoded in a stream, split over devices and
 processes (inference.encode). Adding or deleting loads the saved index, checks
@@ -17,6 +18,7 @@ the new entities are encoded.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 
@@ -33,21 +35,38 @@ from blink_jax.inference import encode
 from blink_jax.inference import load as load_lib
 
 
-def parse_ids(spec: str) -> list[int]:
-  """"3,17" or the path of a file with one id per line."""
+def parse_ids(spec: str) -> list[tuple[str, str]]:
+  """(where, id text) of each id in "3,17" or in the file at `spec` (one id per line)."""
   if os.path.isfile(spec):
-    with open(spec) as f:
-      lines = [(n, line.strip()) for n, line in enumerate(f, 1) if line.strip()]
-    where = lambda n: f"{spec}:{n}"
-  else:
-    lines = list(enumerate((x.strip() for x in spec.split(",") if x.strip()), 1))
-    where = lambda n: f"index.delete item {n}"
+    with open(spec, encoding="utf-8") as f:
+      return [(f"{spec}:{n}", line.strip()) for n, line in enumerate(f, 1) if line.strip()]
+  return [(f"index.delete item {n}", text)
+          for n, text in enumerate((x.strip() for x in spec.split(",") if x.strip()), 1)]
+
+
+def labels_to_delete(index: index_lib.Index, spec: str) -> list[int]:
+  """The labels of the entities `spec` names by their catalogue ids.
+
+  A text that reads as an integer names the integer id if the index has it, else the
+  string id (a catalogue may have "42" as a string); a JSON string ("42", quotes included)
+  names only the string id; an id in none of these is an error.
+  """
   out = []
-  for n, text in lines:
-    try:
-      out.append(int(text))
-    except ValueError:
-      raise ValueError(f"{where(n)}: {text!r} is not an entity id.") from None
+  for where, text in parse_ids(spec):
+    if text.startswith('"'):
+      try:
+        candidates = [json.loads(text)]
+      except json.JSONDecodeError:
+        raise ValueError(f"{where}: {text} is not a JSON string.") from None
+    else:
+      try:
+        candidates = [int(text), text]
+      except ValueError:
+        candidates = [text]
+    labels = [int(x) for x in index.label_of(candidates) if x >= 0]
+    if not labels:
+      raise ValueError(f"{where}: {text!r} is not the id of an entity in the index.")
+    out.append(labels[0])
   return out
 
 
@@ -66,14 +85,19 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> index_lib.Index:
   if ic.get("add") or ic.get("delete"):
     index = index_lib.Index.load(directory, expect_model=model_key, mesh=mesh)
     if ic.get("delete"):
-      ids = parse_ids(ic.delete)
+      ids = labels_to_delete(index, ic.delete)
       index.delete(ids)
       logging.info("Deleted %d entities.", len(ids))
     if ic.get("add"):
       new = jsonl.open_entities(ic.add, skip_bad=config.data.get("skip_bad", False))
       emb = encode.embed_entities(model, tok, new, config, mesh)
       records = list(new)
-      index.add(emb, new.labels, [e.title for e in records], new.worlds)
+      # The file's own labels are record positions when its ids are strings: the index
+      # gives each id its label (the one it has, or a new one).
+      keys = [e.entity_id for e in records]
+      index.add(emb, index.labels_for(keys), [e.title for e in records], new.worlds,
+                keys=keys if new.keys is not None or index.keys is not None else None,
+                urls=[e.url for e in records])
       logging.info("Added %d entities from %s.", len(new), ic.add)
   else:
     if ic.get("entities"):
@@ -83,13 +107,15 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> index_lib.Index:
     logging.info("Encoding %d entities with the %s of step %d.", len(entities),
                  model_key["stage"], model_key["step"])
     emb = encode.embed_entities(model, tok, entities, config, mesh)
-    # Titles are kept for results; only process 0 writes them.
-    titles = ([e.title for e in entities] if jax.process_index() == 0 else None)
+    # Titles and urls are kept for results; only process 0 writes them.
+    writer = jax.process_index() == 0
+    records = list(entities) if writer else None
     worlds = entities.worlds if set(entities.worlds) != {None} else None
     index = index_lib.Index.build(
-        emb, entities.labels, titles, worlds, backend=ic.backend, storage=ic.storage,
-        mesh=mesh, k=ic.k, target_recall=ic.target_recall, scann=dict(ic.scann),
-        model=model_key, seed=config.seed)
+        emb, entities.labels, [e.title for e in records] if writer else None, worlds,
+        backend=ic.backend, storage=ic.storage, mesh=mesh, k=ic.k,
+        target_recall=ic.target_recall, scann=dict(ic.scann), model=model_key,
+        seed=config.seed, keys=entities.keys, urls=[e.url for e in records] if writer else None)
   index.save(directory)
   mem = index.memory_bytes()
   logging.info("Index of %d entities (%s, %s%s) saved to %s in %.0fs.", len(index),
