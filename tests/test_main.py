@@ -90,7 +90,8 @@ def test_importing_blink_jax_leaves_jax_distributed_possible():
 import importlib, pkgutil, socket
 import blink_jax
 for m in pkgutil.walk_packages(blink_jax.__path__, "blink_jax."):
-  if m.name != "blink_jax.link":  # the other command line; its flags clash with main's
+  # The other command lines (link, serve) define flags of their own that clash with main's.
+  if m.name != "blink_jax.link" and not m.name.endswith(".__main__"):
     importlib.import_module(m.name)
 import configs.demo, configs.wikipedia
 with socket.socket() as s:

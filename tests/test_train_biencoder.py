@@ -236,5 +236,7 @@ def test_resuming_with_another_model_config_is_a_clear_error(tmp_path):
   second = _run(tmp_path, "--config.model.bert.hidden_size=64")
   out, _ = second.communicate(timeout=600)
   assert second.returncode != 0
-  assert "CheckpointConfigError" in out and "model.bert.hidden_size" in out
-  assert "stored=32 now=64" in out
+  error = [line for line in out.splitlines() if line.startswith("error: ")]
+  assert len(error) == 1 and "Traceback" not in out, out[-3000:]  # One line, no traceback.
+  assert "was written with a different config" in error[0], error
+  assert "model.bert.hidden_size" in error[0] and "stored=32 now=64" in error[0], error
