@@ -15,7 +15,11 @@ import ml_collections
 import numpy as np
 import pytest
 
+from blink_jax import metric_writer
+from blink_jax.data.records import Records
 from blink_jax.inference import linker as linker_lib
+from blink_jax.inference import load as load_lib
+from blink_jax.inference import retrieve
 from blink_jax.inference import ranking
 from blink_jax import sharding
 from blink_jax import tokenization
@@ -256,6 +260,50 @@ def test_linker_stage_writes_reports_and_calibration(linked):
   assert set(cal["nil_threshold"]) == {"fast", "full"}
   assert cal["heldout_documents"] >= 1
   assert saved["linker/train_spans"]["linking_examples"] > 0
+
+
+def test_linker_starts_from_the_better_bi_encoder_on_held_out_spans(linked):
+  """The chain distils: the linker measured both towers on its held-out documents' gold
+  spans and started from the better one. Recomputed here through the other retrieval
+  path (Catalogue.retrieve on the same mentions as Records)."""
+  config, workdir, _ = linked
+  with open(os.path.join(workdir, "metrics.json")) as f:
+    start = json.load(f)["linker/start"]
+  data = sources.load(config, workdir, documents=True)
+  _, heldout = train_linker.split_documents(data.train_documents,
+                                            config.linker.heldout_fraction, config.seed)
+  mentions, _ = calibration.gold_mentions(heldout, config.data.max_context_len)
+  assert start["held_out_gold_spans"] == len(mentions) > 0
+  tok = load_lib.tokenizer(config.tokenizer)
+  for stage in ("distill", "biencoder"):
+    trained = load_lib.load(workdir, stage)
+    top1 = retrieve.Catalogue(trained.model, tok, data.entities, config).retrieve(
+        Records.of(mentions), 1).ids[:, 0]
+    expected = float(np.mean(top1 == np.array([m.label_id for m in mentions])))
+    assert start[f"{stage}/accuracy@1"] == pytest.approx(expected, abs=1e-9), stage
+  better = ("distill" if start["distill/accuracy@1"] >= start["biencoder/accuracy@1"]
+            else "biencoder")
+  assert start["chosen"] == better
+
+
+def test_a_distilled_bi_encoder_that_retrieves_worse_is_not_the_linkers_start(
+    linked, monkeypatch, tmp_path):
+  config, workdir, _ = linked
+  data = sources.load(config, workdir, documents=True)
+  _, heldout = train_linker.split_documents(data.train_documents,
+                                            config.linker.heldout_fraction, config.seed)
+  tok = load_lib.tokenizer(config.tokenizer)
+  for distilled, plain, chosen in ((0.5, 0.6, "biencoder"), (0.6, 0.6, "distill"),
+                                   (0.7, 0.6, "distill")):
+    score = {"distill": distilled, "biencoder": plain}
+    monkeypatch.setattr(train_linker, "held_out_accuracy",
+                        lambda t, *a, score=score: score[t.identity["stage"]])
+    writer = metric_writer.MetricWriter(str(tmp_path))
+    student = train_linker.choose_student(config, workdir, tok, data.entities, heldout,
+                                          None, writer)
+    assert student.identity["stage"] == chosen
+    with open(tmp_path / "metrics.json") as f:
+      assert json.load(f)["linker/start"]["chosen"] == chosen
 
 
 def test_loaded_linker_links_text_with_true_offsets(linked):

@@ -1,7 +1,7 @@
 """Stage "linker": mention detection trained jointly with linking (ELQ-style).
 
-Reads: the final bi-encoder (WORKDIR/distill if trained, else
-WORKDIR/biencoder), and WORKDIR/crossencoder when there is one (to calibrate
+Reads: a bi-encoder (WORKDIR/distill if trained and at least as good on the
+held-out documents' gold spans, else WORKDIR/biencoder; `choose_student`), and WORKDIR/crossencoder when there is one (to calibrate
 full mode). Writes: WORKDIR/linker/{config.json, checkpoints/, index/,
 calibration.json}. Reads top to bottom: mesh -> documents -> model -> linking
 examples -> shard & transfer -> update step -> restore checkpoint -> train
@@ -78,6 +78,50 @@ def fingerprint(config: ml_collections.ConfigDict, upstream: dict,
           "optim": lc.optim.to_dict(), "upstream": upstream}
 
 
+def choose_student(config: ml_collections.ConfigDict, workdir: str,
+                   tok: tokenization.Tokenizer, entities, heldout: list[Document], mesh,
+                   writer: metric_writer.MetricWriter) -> load_lib.Trained:
+  """The bi-encoder the linker starts from: the distilled student only where it retrieves
+  at least as well as the bi-encoder on the held-out documents' gold spans.
+
+  Distillation can make the bi-encoder worse (a weak teacher, a domain the teacher never
+  saw), so it is measured rather than assumed. The choice is logged and reported under
+  "linker/start"; it is the linker's upstream, so changing it retrains the linker.
+  """
+  if not workdir_lib.has_checkpoint(workdir, "distill"):
+    return load_lib.load(workdir, "biencoder", mesh)
+  options = [load_lib.load(workdir, stage, mesh) for stage in ("distill", "biencoder")]
+  mentions, worlds = calibration_lib.gold_mentions(heldout, config.data.max_context_len)
+  if not mentions:
+    logging.warning("Linker: no held-out gold span to choose between the distilled and "
+                    "the plain bi-encoder; starting from the distilled one.")
+    return options[0]
+  accuracy = {t.identity["stage"]: held_out_accuracy(t, tok, entities, mentions, worlds,
+                                                     config, mesh) for t in options}
+  chosen = options[0] if accuracy["distill"] >= accuracy["biencoder"] else options[1]
+  logging.info("Linker: held-out accuracy@1 on %d gold spans: distilled %.4f, bi-encoder "
+               "%.4f; starting from the %s.", len(mentions), accuracy["distill"],
+               accuracy["biencoder"], chosen.identity["stage"])
+  writer.results(f"{STAGE}/start", {"held_out_gold_spans": len(mentions),
+                                    "distill/accuracy@1": accuracy["distill"],
+                                    "biencoder/accuracy@1": accuracy["biencoder"],
+                                    "chosen": chosen.identity["stage"]})
+  return chosen
+
+
+def held_out_accuracy(trained: load_lib.Trained, tok: tokenization.Tokenizer, entities,
+                      mentions, worlds, config: ml_collections.ConfigDict, mesh) -> float:
+  """The share of `mentions` whose gold entity is the bi-encoder's first candidate."""
+  catalogue = retrieve.catalogue(trained.model, tok, entities, config, mesh,
+                                 model_id=trained.identity)
+  contexts = tok.mentions(mentions, config.data.max_context_len)
+  q = encode.encode(trained.model.context_encoder, contexts.take, len(mentions),
+                    batch_size=config.eval.batch_size, mesh=mesh,
+                    desc=f"held-out spans ({trained.identity['stage']})")
+  _, ids = catalogue.search(q, worlds, 1)
+  return float(np.mean(ids[:, 0] == np.array([m.label_id for m in mentions])))
+
+
 def make_optimizer(config: ml_collections.ConfigDict, params, total_steps: int):
   tx, schedule = optim.make(config.linker.optim, total_steps)
   return optim.freeze(tx, params, "entity_encoder"), schedule
@@ -152,9 +196,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        f"{mesh.size} devices.")
 
   # ----------------------------------------------------------- documents
-  # The final bi-encoder, described by its own stored config.
-  student = load_lib.final_biencoder(workdir, mesh)
-  config = workdir_lib.inherit(config, student.config)
+  # The bi-encoder's model, described by its own stored config (a distilled
+  # student shares it).
+  config = workdir_lib.inherit(config, workdir_lib.load_config(workdir, "biencoder"))
   workdir_lib.save_config(workdir, STAGE, config)
   tok = load_lib.tokenizer(config.tokenizer)
   data = data or sources.load(config, workdir, documents=True)
@@ -166,6 +210,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   else:
     train_docs, heldout = split_documents(data.train_documents, lc.heldout_fraction,
                                           config.seed)
+  student = choose_student(config, workdir, tok, data.entities, heldout, mesh, writer)
   windows = documents.make_windows(
       tok, [d.text for d in train_docs], max_len=lc.max_len, max_width=lc.max_width,
       spans=[[(s.start, s.end) for s in d.spans] for d in train_docs])
