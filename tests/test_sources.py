@@ -1,6 +1,9 @@
 """Data loading for one's own BLINK-format files: several training files, NIL golds, recipe defaults."""
 
 import logging
+import os
+
+import pytest
 
 from blink_jax.data import jsonl
 from blink_jax.data import sources
@@ -63,3 +66,27 @@ def test_string_id_files_are_read_through_the_catalogues_ids(tmp_path):
   assert [s.label_id for s in data.eval_documents["docs"][0].spans] == [1, 0]
   rows = data.entities.positions_of(data.train.labels)
   assert [e.entity_id for e in data.entities.take(rows)] == ["Q64"]
+
+
+@pytest.mark.parametrize("process", [0, 1])
+def test_synthetic_worlds_are_written_by_process_0_before_the_others_read(
+    process, tmp_path, monkeypatch):
+  # A process writing beside process 0 could replace a file under a reader. Process 0
+  # writes, every process meets at a barrier, and only then do the others look (and, on
+  # a disk of their own, write the same deterministic files).
+  from configs import demo as demo_config
+  events = []
+  monkeypatch.setattr(sources.jax, "process_index", lambda: process)
+  monkeypatch.setattr(sources.jax, "process_count", lambda: 2)
+  monkeypatch.setattr(sources.multihost_utils, "sync_global_devices",
+                      lambda name: events.append(("barrier", name)))
+  real = sources.synthetic.ensure_written
+  monkeypatch.setattr(sources.synthetic, "ensure_written",
+                      lambda cfg, out: events.append(("write", process)) or real(cfg, out))
+  config = demo_config.get_config()
+  config.data.synthetic.update(num_train_worlds=1, num_test_worlds=1, entities_per_world=10,
+                               docs_per_world=2)
+  paths = sources.synthetic_paths(config, str(tmp_path))
+  kinds = [e[0] for e in events]
+  assert kinds == (["write", "barrier"] if process == 0 else ["barrier", "write"])
+  assert all(os.path.isfile(p) for p in paths.values())

@@ -68,7 +68,17 @@ def synthetic_paths(config: ml_collections.ConfigDict, workdir: str) -> dict[str
   """Writes the synthetic worlds (unless already there); returns their paths."""
   data_dir = config.data.get("dir") or os.path.join(workdir, "data")
   cfg = synthetic.SyntheticConfig(**config.data.synthetic)
-  return {k: os.fspath(v) for k, v in synthetic.ensure_written(cfg, data_dir).items()}
+  # Process 0 writes first and the others wait: a process that wrote beside it could
+  # replace a file under a reader ("changed after it was opened"). After the barrier the
+  # others find process 0's files on shared storage and write nothing; a host with a disk
+  # of its own writes the same (deterministic) files there.
+  if jax.process_index() == 0:
+    paths = synthetic.ensure_written(cfg, data_dir)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("synthetic_written")
+  if jax.process_index() != 0:
+    paths = synthetic.ensure_written(cfg, data_dir)
+  return {k: os.fspath(v) for k, v in paths.items()}
 
 
 def _paths(spec: str) -> list[str]:
