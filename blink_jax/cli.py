@@ -7,9 +7,9 @@ A user's mistake (a missing file, a bad value, a bad input line, an
 artifact made by another model) ends the run with one line on stderr,
 `error: <what>`, and exit status 1; `--debug` shows the traceback
 instead. Any other exception is a bug and keeps its traceback. Ctrl-C ends
-with `error: interrupted` and status 130. (A flag that does not parse, e.g.
---batch_size=0 where it must be positive, is absl's to report, before
-`main` runs.) Library INFO lines that a user cannot act on (Orbax's
+with `error: interrupted` and status 130. A flag that does not parse
+(--batch_size=0 where it must be positive, a misspelt --config.train.num_step)
+is reported the same way, before `main` runs. Library INFO lines that a user cannot act on (Orbax's
 per-checkpoint detail, JAX's probing of platforms the machine lacks) are
 dropped from the log.
 """
@@ -36,7 +36,31 @@ class UserError(Exception):
 
 def run(main: Callable[[list[str]], Any]) -> None:
   """absl's `app.run(main)`, with quiet library logs and one-line errors (see above)."""
-  app.run(functools.partial(_guarded, main))
+  app.run(functools.partial(_guarded, main), flags_parser=_parse_flags)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, its errors on one line (absl writes two; a misspelt config
+  override raises a chain of three exceptions)."""
+  try:
+    return FLAGS(argv)
+  except BrokenPipeError:  # --help | head
+    _stop_on_broken_pipe()
+  except Exception as e:  # pylint: disable=broad-except
+    # FLAGS.debug is not parsed yet: read it off the command line.
+    if any(a in ("--debug", "--debug=true", "--debug=1") for a in argv[1:]):
+      raise
+    if isinstance(e, flags.Error):
+      _exit(one_line(e), 1)
+    if isinstance(e, (KeyError, AttributeError)) and e.args:
+      # ml_collections raises KeyError("'num_step'\nDid you mean ...?") and re-raises it
+      # as an AttributeError holding its repr: the KeyError's own text is the clear one.
+      cause = e
+      while not isinstance(cause, KeyError) and cause.__context__ is not None:
+        cause = cause.__context__
+      name, _, hint = str(cause.args[0] if cause.args else e.args[0]).partition("\n")
+      _exit(f"no such config field {name}" + (f". {one_line(hint)}" if hint else ""), 1)
+    _exit(f"cannot parse the flags: {one_line(e)} (--debug shows the traceback)", 1)
 
 
 def quiet_library_logs() -> None:
@@ -86,10 +110,7 @@ def _guarded(main: Callable[[list[str]], Any], argv: list[str]) -> Any:
   try:
     return main(argv)
   except BrokenPipeError:
-    # The reader of stdout went away (`| head`): stop quietly, as Unix tools do. stdout is
-    # pointed at /dev/null so that Python's flush at exit does not fail again.
-    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    sys.exit(1)
+    _stop_on_broken_pipe()
   except KeyboardInterrupt:
     if FLAGS.debug:
       raise
@@ -100,6 +121,13 @@ def _guarded(main: Callable[[list[str]], Any], argv: list[str]) -> Any:
     # A UserError is about the arguments, where a traceback has nothing to add.
     hint = "" if isinstance(e, UserError) else " (--debug shows the traceback)"
     _exit(one_line(e) + hint, 1)
+
+
+def _stop_on_broken_pipe() -> None:
+  # The reader of stdout went away (`| head`): stop quietly, as Unix tools do. stdout is
+  # pointed at /dev/null so that Python's flush at exit does not fail again.
+  os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+  sys.exit(1)
 
 
 def _exit(message: str, status: int) -> None:

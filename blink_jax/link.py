@@ -258,6 +258,11 @@ def main(argv: list[str]) -> None:
 
 def console_main() -> None:
   """The `blink-jax-link` console script."""
+  # absl's --help shows the program's own file (sys.argv[0]) and its docstring; here that
+  # is the console script's wrapper, so this module's usage and flags are made its own.
+  sys.modules["__main__"].__doc__ = __doc__
+  for flag in FLAGS.get_key_flags_for_module(__name__):
+    FLAGS.register_key_flag_for_module(sys.argv[0], flag)
   cli.run(main)
 
 

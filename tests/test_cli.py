@@ -85,3 +85,31 @@ def test_a_bug_keeps_its_traceback_and_ctrl_c_is_one_line():
   assert out.returncode == 1 and "Traceback" in out.stderr and "RuntimeError: a bug" in out.stderr
   out = _run("interrupt")
   assert out.returncode == 130 and out.stderr == "error: interrupted\n"
+
+
+_FLAGS_PROGRAM = """
+from absl import flags
+from ml_collections import config_flags
+from blink_jax import cli
+config_flags.DEFINE_config_file("config", None, "", lock_config=True)
+flags.DEFINE_integer("batch_size", 1, "", lower_bound=1)
+cli.run(lambda argv: print("ran"))
+"""
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--batch_size=0"], "error: flag --batch_size=0: 0 is not a positive integer\n"),
+    (["--nosuch=1"], "error: Unknown command line flag 'nosuch'\n"),
+    # A misspelt config override: ml_collections raises three chained exceptions.
+    (["--config.train.num_step=5"], 'error: no such config field \'num_step\'. Did you mean '
+     '"num_steps" instead of "num_step"?\n'),
+    (["--config.nosuch=1"], "error: no such config field 'nosuch'\n"),
+])
+def test_a_flag_that_does_not_parse_is_one_line(args, line):
+  args = ["--config=configs/demo.py:runlocal", *args]
+  out = subprocess.run([sys.executable, "-c", _FLAGS_PROGRAM, *args], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+  assert (out.returncode, out.stdout, out.stderr) == (1, "", line)
+  out = subprocess.run([sys.executable, "-c", _FLAGS_PROGRAM, *args, "--debug"], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+  assert out.returncode == 1 and "Traceback" in out.stderr

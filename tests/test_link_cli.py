@@ -91,6 +91,11 @@ def test_setup_declares_the_console_script_and_it_runs(monkeypatch, tmp_path):
                        cwd=REPO, capture_output=True, text=True, timeout=120)
   assert out.returncode == 1
   assert out.stderr == f"error: --input={tmp_path / 'x.txt'}: no such file\n"
+  # Its --help shows the usage and the flags, as `python -m blink_jax.link --help` does.
+  out = subprocess.run([sys.executable, "-c", code, "--help"], cwd=REPO, capture_output=True,
+                       text=True, timeout=120)
+  assert out.stdout.startswith("Link texts with a trained linker")
+  assert "--batch_size" in out.stdout and "--workdir" in out.stdout
 
 
 def test_the_modes_spelled_out_are_the_linkers():

@@ -16,6 +16,7 @@ import os
 from absl import app
 from absl import flags
 
+from blink_jax import cli
 from blink_jax import workdir as workdir_lib
 from blink_jax.inference import linker as linker_lib
 from blink_jax.serve import app as app_lib
@@ -74,9 +75,9 @@ def main(argv):
   try:
     workdir_lib.load_config(FLAGS.workdir, "linker")
   except FileNotFoundError as e:
-    raise SystemExit(f"blink_jax.serve: {e}") from None
+    raise cli.UserError(str(e)) from None
   if FLAGS.entities and not os.path.isfile(FLAGS.entities):
-    raise SystemExit(f"blink_jax.serve: --entities={FLAGS.entities}: no such file.")
+    raise cli.UserError(f"--entities={FLAGS.entities}: no such file")
   import uvicorn  # pylint: disable=g-import-not-at-top
   limits = schemas.Limits(
       max_texts=FLAGS.max_texts, max_text_chars=FLAGS.max_text_chars,
@@ -100,4 +101,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

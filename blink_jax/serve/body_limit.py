@@ -31,7 +31,8 @@ class BodyLimit:
       return
     declared = dict(scope["headers"]).get(b"content-length")
     if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-      body = json.dumps({"error": self._message(), "detail": []}).encode()
+      body = json.dumps({"error": self._message(), "detail": []},
+                        separators=(",", ":")).encode()  # As FastAPI's JSON responses.
       await send({"type": "http.response.start", "status": 413,
                   "headers": [(b"content-type", b"application/json"),
                               (b"content-length", str(len(body)).encode()),
