@@ -298,3 +298,12 @@ def test_openapi_documents_the_service(client):
   assert request["properties"]["texts"]["items"]["maxLength"] == MAX_CHARS
   docs = client.get("/docs")
   assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+def test_a_workdir_without_a_linker_is_one_line_before_listening(tmp_path):
+  out = subprocess.run([sys.executable, "-m", "blink_jax.serve", f"--workdir={tmp_path}",
+                        "--port=1"], cwd=REPO, env=ENV, capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 1
+  assert out.stderr.startswith(f"error: No linker in {tmp_path} ")
+  assert len(out.stderr.splitlines()) == 1, out.stderr
