@@ -6,6 +6,7 @@ biases or LayerNorm parameters, as in BERT and BLINK.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -46,15 +47,32 @@ def make(cfg: ml_collections.ConfigDict, total_steps: int
   """
   accum = int(cfg.get("grad_accum_steps", 1))
   schedule = learning_rate(cfg, max(total_steps // accum, 1))
-  tx = optax.chain(
-      optax.clip_by_global_norm(cfg.grad_clip_norm),
-      optax.adamw(schedule, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999),
-                  eps=cfg.get("eps", 1e-8), weight_decay=cfg.weight_decay,
-                  mask=decay_mask))
+  update = optax.adamw(schedule, b1=cfg.get("b1", 0.9), b2=cfg.get("b2", 0.999),
+                       eps=cfg.get("eps", 1e-8), weight_decay=cfg.weight_decay,
+                       mask=decay_mask)
+  frozen = tuple(cfg.get("frozen", ()) or ())
+  if frozen:
+    update = optax.multi_transform({"train": update, "frozen": optax.set_to_zero()},
+                                   functools.partial(frozen_labels, names=frozen))
+  tx = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), update)
   if accum == 1:
     return tx, schedule
   tx = optax.MultiSteps(tx, every_k_schedule=accum)
   return tx, lambda step: schedule(step // accum)
+
+
+def frozen_labels(params: Any, names: tuple[str, ...]) -> Any:
+  """"frozen" for every parameter with one of `names` on its path, else "train".
+
+  ("embeddings",) is BLINK's recipe: its optimizer takes only the encoder layers
+  (`type_optimization=all_encoder_layers`), so the word, position and segment
+  embeddings and their LayerNorm keep their pretrained values. Gradient clipping
+  still counts their gradients, as BLINK's does.
+  """
+  def label(path, _):
+    keys = {str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey)}
+    return "frozen" if keys & set(names) else "train"
+  return jax.tree_util.tree_map_with_path(label, params)
 
 
 def freeze(tx: optax.GradientTransformation, params: Any, frozen_prefix: str

@@ -83,6 +83,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.optim.weight_decay = 0.01
   config.optim.grad_clip_norm = 1.0
   config.optim.grad_accum_steps = 1
+  # Parameters with one of these names on their path never change ("embeddings":
+  # BLINK's recipe, configs/zeshel.py:blink). optim.frozen_labels.
+  config.optim.frozen = ()
 
   # Hard negatives: from epoch `start_epoch` on, re-mined at each epoch start.
   config.hard_negatives = ml_collections.ConfigDict()

@@ -37,3 +37,32 @@ def test_schedule_without_accumulation_is_unchanged():
   _, schedule = optim.make(cfg, 100)
   np.testing.assert_allclose([schedule(s) for s in (0, 5, 10, 55, 100)],
                              [0.0, 0.5, 1.0, 0.5, 0.0], atol=1e-6)
+
+
+def test_frozen_names_never_change_and_still_count_in_clipping():
+  # BLINK's recipe trains the encoder layers, not the embeddings; its gradient clipping
+  # runs over every parameter. Two parameters, one under "embeddings", gradient norm 5
+  # (clip 1): the frozen one gets a zero update, the other is clipped by the norm of
+  # both, 4 -> 0.8. AdamW's first update with eps e is -lr * g / (|g| + e): with e = 1,
+  # -0.8 / 1.8 (clipped over both) where clipping over the trained one alone gives -0.5.
+  cfg = ml_collections.ConfigDict(dict(learning_rate=1.0, warmup_fraction=0.0,
+                                       weight_decay=0.0, grad_clip_norm=1.0,
+                                       frozen=("embeddings",), eps=1.0))
+  tx, _ = optim.make(cfg, 10)
+  params = {"tower": {"embeddings": {"word": jnp.full(2, 2.0)},
+                      "layers": {"kernel": jnp.full(2, 2.0)}}}
+  grads = {"tower": {"embeddings": {"word": jnp.array([3.0, 0.0])},
+                     "layers": {"kernel": jnp.array([0.0, 4.0])}}}
+  state = tx.init(params)
+  updates, state = tx.update(grads, state, params)
+  np.testing.assert_array_equal(updates["tower"]["embeddings"]["word"], [0.0, 0.0])
+  np.testing.assert_allclose(updates["tower"]["layers"]["kernel"], [0.0, -0.8 / 1.8],
+                             atol=1e-5)
+  assert optim.frozen_labels(params, ("embeddings",)) == {
+      "tower": {"embeddings": {"word": "frozen"}, "layers": {"kernel": "train"}}}
+  # Nothing frozen: the same step moves both.
+  cfg.frozen = ()
+  tx, _ = optim.make(cfg, 10)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  np.testing.assert_allclose(updates["tower"]["embeddings"]["word"], [-0.6 / 1.6, 0.0],
+                             atol=1e-5)
