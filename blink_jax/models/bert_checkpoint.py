@@ -152,6 +152,8 @@ def hf_to_flat(tensors: Mapping[str, np.ndarray], cfg: bert.BertConfig
     dense(ours + ("ffn_in",), f"{p}.intermediate.dense")
     dense(ours + ("ffn_out",), f"{p}.output.dense")
     ln(ours + ("ffn_norm",), f"{p}.output.LayerNorm")
+  if cfg.pooler:
+    dense(("pooler",), "pooler.dense")
   extra_layer = f"encoder.layer.{cfg.num_layers}."
   if any(k.startswith(extra_layer) for k in t):
     raise CheckpointMismatchError(
@@ -218,13 +220,21 @@ def load_pretrained(path_or_hub_id: str | os.PathLike, *, seed: int = 0,
   return model
 
 
+def _overrides(model_cfg) -> dict:
+  """`model.bert_overrides`, and the pooler when `model.pooling` reads it."""
+  overrides = dict(model_cfg.get("bert_overrides", {}))
+  if model_cfg.get("pooling") == "pooler":
+    overrides["pooler"] = True
+  return overrides
+
+
 def encoder_config(model_cfg, vocab_size: int) -> bert.BertConfig:
   """The shape and numerics of a config's `model` block, reading no weights.
 
   From the checkpoint's config.json (cut to `model.init_num_layers`) when
   `model.init_from` is set, else from `model.bert`; `model.bert_overrides` on top.
   """
-  overrides = dict(model_cfg.get("bert_overrides", {}))
+  overrides = _overrides(model_cfg)
   if model_cfg.get("init_from"):
     return pretrained_config(model_cfg.init_from,
                              first_layers=model_cfg.get("init_num_layers") or None, **overrides)
@@ -247,7 +257,7 @@ def build_encoder(model_cfg, vocab_size: int, seed: int = 0, *,
   if model_cfg.get("init_from") and pretrained:
     return load_pretrained(model_cfg.init_from, seed=seed,
                            first_layers=model_cfg.get("init_num_layers") or None,
-                           **dict(model_cfg.get("bert_overrides", {})))
+                           **_overrides(model_cfg))
   return bert.Bert(encoder_config(model_cfg, vocab_size), rngs=bert.make_rngs(seed))
 
 

@@ -16,13 +16,17 @@ from blink_jax.models import bert
 from blink_jax.models import bert_checkpoint
 
 Array = jax.Array
-POOLINGS = ("cls", "mean")
+POOLINGS = ("cls", "mean", "pooler")
 
 
 def pool(out: bert.BertOutput, mask: Array, pooling: str) -> Array:
-  """[CLS] or masked-mean pooling of a BERT output."""
+  """[CLS], masked-mean or BERT-pooler pooling of a BERT output."""
   if pooling == "cls":
     return out.cls
+  if pooling == "pooler":
+    if out.pooled is None:
+      raise ValueError("pooling='pooler' needs a BERT built with its pooler (pooler=True).")
+    return out.pooled
   if pooling == "mean":
     m = mask.astype(out.sequence.dtype)[..., None]
     return (out.sequence * m).sum(-2) / jnp.maximum(m.sum(-2), 1.0)
