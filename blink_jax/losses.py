@@ -20,8 +20,12 @@ Array = jax.Array
 _MASKED = -1e9  # Finite: exp() underflows to 0 and gradients stay finite.
 
 
+HARD_NEGATIVE_LOSSES = ("softmax", "binary")
+
+
 def in_batch_loss(q: Array, e: Array, q_labels: Array, e_labels: Array,
-                  pos_cols: Array) -> tuple[Array, dict[str, Array]]:
+                  pos_cols: Array, *, group: int = 1, hard_negative_loss: str = "softmax"
+                  ) -> tuple[Array, dict[str, Array]]:
   """Softmax cross-entropy of each mention against all entities of the batch.
 
   Args:
@@ -29,17 +33,30 @@ def in_batch_loss(q: Array, e: Array, q_labels: Array, e_labels: Array,
     e: [M, d] entity embeddings (golds and hard negatives of all mentions).
     q_labels: [B] gold entity id of each mention.
     e_labels: [M] entity id of each entity row; -1 marks padding rows.
-    pos_cols: [B] column of each mention's own gold row in `e`.
+    pos_cols: [B] column of each mention's own gold row in `e`; its hard negatives
+      follow it (`group` rows in all: the gold and group - 1 negatives).
+    hard_negative_loss: "softmax": the hard negatives are more columns of every
+      mention's softmax. "binary" (BLINK's separate loss): the softmax is over the
+      batch's golds only, and each mention's own gold and hard negatives add a
+      sigmoid cross-entropy (label 1 for the gold, 0 for each negative), averaged
+      over those pairs.
 
   Returns:
     (mean loss, metrics) with in-batch accuracy and the mean positive score.
   """
-  logits = jnp.einsum("bd,md->bm", q, e, preferred_element_type=jnp.float32)
+  if hard_negative_loss not in HARD_NEGATIVE_LOSSES:
+    raise ValueError(f"hard_negative_loss must be one of {HARD_NEGATIVE_LOSSES}, "
+                     f"got {hard_negative_loss!r}.")
+  raw = jnp.einsum("bd,md->bm", q, e, preferred_element_type=jnp.float32)
   cols = jnp.arange(e.shape[0])
   is_pos = cols[None, :] == pos_cols[:, None]
   repeat = (e_labels[None, :] == q_labels[:, None]) & ~is_pos
   padding = (e_labels < 0)[None, :]
-  logits = jnp.where(repeat | padding, _MASKED, logits)
+  drop = repeat | padding
+  binary = hard_negative_loss == "binary" and group > 1
+  if binary:
+    drop = drop | (cols % group != 0)[None, :]  # Hard negatives leave the softmax.
+  logits = jnp.where(drop, _MASKED, raw)
   pos = jnp.take_along_axis(logits, pos_cols[:, None], axis=1)[:, 0]
   loss = jax.nn.logsumexp(logits, axis=1) - pos
   metrics = {
@@ -47,7 +64,23 @@ def in_batch_loss(q: Array, e: Array, q_labels: Array, e_labels: Array,
       "accuracy": (jnp.argmax(logits, axis=1) == pos_cols).mean(),
       "positive_score": pos.mean(),
   }
-  return loss.mean(), metrics
+  loss = loss.mean()
+  if binary:
+    own = pos_cols[:, None] + jnp.arange(group)[None, :]  # [B, group]
+    scores = jnp.take_along_axis(raw, own, axis=1)
+    valid = ~jnp.take_along_axis(repeat | padding, own, axis=1)
+    targets = (jnp.arange(group) == 0)[None, :].astype(jnp.float32)
+    bce = _sigmoid_bce(scores, targets)
+    bce = jnp.where(valid, bce, 0.0).sum() / jnp.maximum(valid.sum(), 1)
+    metrics["binary_loss"] = bce
+    loss = loss + bce
+  return loss, metrics
+
+
+def _sigmoid_bce(logits: Array, labels: Array) -> Array:
+  """Elementwise sigmoid cross-entropy, stable for large |logits| (as torch's
+  BCEWithLogitsLoss): max(x, 0) - x * y + log(1 + exp(-|x|))."""
+  return jnp.maximum(logits, 0) - logits * labels + jnp.log1p(jnp.exp(-jnp.abs(logits)))
 
 
 def _masked(scores: Array, valid: Array) -> Array:

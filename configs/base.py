@@ -94,6 +94,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # Mine from the hybrid candidates (config.retrieval's fusion) instead of the
   # bi-encoder alone: adds the lexical confusables ("Dylan Thomas" for "Dylan").
   config.hard_negatives.hybrid = False
+  # "softmax": hard negatives are more columns of each mention's in-batch softmax.
+  # "binary": BLINK's separate loss, a sigmoid cross-entropy over each mention's gold
+  # and hard negatives beside the softmax over the batch's golds (losses.in_batch_loss).
+  config.hard_negatives.loss = "softmax"
 
   config.eval = ml_collections.ConfigDict()
   config.eval.ks = (1, 2, 4, 8, 16, 32, 64, 100)

@@ -41,6 +41,37 @@ def test_in_batch_loss_hand_computed():
   assert float(m["accuracy"]) == 1.0
 
 
+def test_binary_hard_negative_loss_hand_computed():
+  # The same batch as above (group of 2: each gold and one hard negative), with BLINK's
+  # separate loss: softmax over the golds only (columns 0 and 2), plus a sigmoid
+  # cross-entropy over each mention's own pair (gold 1, negative 0); mention 1's negative
+  # is entity 7, not its gold, so it counts.
+  q = jnp.array([[1.0, 0.0], [0.0, 1.0]])
+  e = jnp.array([[2.0, 0.0], [1.0, 1.0], [0.0, 3.0], [2.0, 0.0]])
+  loss, m = losses.in_batch_loss(q, e, jnp.array([7, 8]), jnp.array([7, 9, 8, 7]),
+                                 jnp.array([0, 2]), group=2, hard_negative_loss="binary")
+  softplus = lambda x: np.log1p(np.exp(x))
+  s0 = np.log(np.exp(2) + np.exp(0)) - 2  # Mention 0 against golds [2, 0].
+  s1 = np.log(np.exp(0) + np.exp(3)) - 3  # Mention 1 against golds [0, 3].
+  # Pairs: (m0, gold 2) label 1, (m0, neg 1) label 0, (m1, gold 3) 1, (m1, neg 0) 0.
+  bce = (softplus(-2) + softplus(1) + softplus(-3) + softplus(0)) / 4
+  np.testing.assert_allclose(loss, (s0 + s1) / 2 + bce, rtol=1e-6)
+  np.testing.assert_allclose(m["binary_loss"], bce, rtol=1e-6)
+  # A negative that is the mention's own gold entity (a repeat) is left out of both.
+  loss, m = losses.in_batch_loss(q, e, jnp.array([7, 7]), jnp.array([7, 9, 8, 7]),
+                                 jnp.array([0, 2]), group=2, hard_negative_loss="binary")
+  s1 = np.log(np.exp(3)) - 3  # Column 0 is entity 7, its gold elsewhere: masked.
+  bce = (softplus(-2) + softplus(1) + softplus(-3)) / 3
+  np.testing.assert_allclose(m["binary_loss"], bce, rtol=1e-6)
+  np.testing.assert_allclose(loss, (s0 + s1) / 2 + bce, rtol=1e-6)
+  # Without hard negatives (group 1) both losses are the plain in-batch softmax.
+  a, _ = losses.in_batch_loss(q, e[::2], jnp.array([7, 8]), jnp.array([7, 8]),
+                              jnp.array([0, 1]), hard_negative_loss="binary")
+  b, _ = losses.in_batch_loss(q, e[::2], jnp.array([7, 8]), jnp.array([7, 8]),
+                              jnp.array([0, 1]))
+  np.testing.assert_allclose(a, b, rtol=1e-7)
+
+
 def test_padding_entities_are_masked():
   q = jnp.array([[1.0, 0.0]])
   e = jnp.array([[1.0, 0.0], [5.0, 0.0]])

@@ -66,7 +66,8 @@ def _from_chunks(x):
   return x.swapaxes(0, 1).reshape(-1, *x.shape[2:])
 
 
-def make_loss_and_grads(fm: Functional, chunks: int, mesh=None) -> Callable:
+def make_loss_and_grads(fm: Functional, chunks: int, mesh=None,
+                        hard_negative_loss: str = "softmax") -> Callable:
   """(params, batch, key) -> ((loss, metrics), grads), direct or grad-cached."""
 
   def constrain(x):
@@ -83,7 +84,8 @@ def make_loss_and_grads(fm: Functional, chunks: int, mesh=None) -> Callable:
     group = batch["entity_ids"].shape[1]  # 1 gold + H hard negatives per mention.
     pos_cols = jnp.arange(q.shape[0]) * group
     return losses.in_batch_loss(q, e, batch["labels"],
-                                batch["entity_labels"].reshape(-1), pos_cols)
+                                batch["entity_labels"].reshape(-1), pos_cols, group=group,
+                                hard_negative_loss=hard_negative_loss)
 
   def direct(params, batch, key):
     kq, ke = jax.random.split(key)
@@ -137,9 +139,11 @@ def make_loss_and_grads(fm: Functional, chunks: int, mesh=None) -> Callable:
 
 # --------------------------------------------------------------- train state
 def make_train_step(fm: Functional, tx: optax.GradientTransformation,
-                    schedule: optax.Schedule, chunks: int, seed: int, mesh=None):
+                    schedule: optax.Schedule, chunks: int, seed: int, mesh=None,
+                    hard_negative_loss: str = "softmax"):
   """One update: (state, batch) -> (state, metrics). Pure; jit it."""
-  return trainer.make_train_step(make_loss_and_grads(fm, chunks, mesh), tx, schedule, seed)
+  return trainer.make_train_step(make_loss_and_grads(fm, chunks, mesh, hard_negative_loss),
+                                 tx, schedule, seed)
 
 
 def fingerprint(config: ml_collections.ConfigDict, data: sources.LinkingData) -> dict:
@@ -228,7 +232,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # ---------------------------------------------------------- update step
   train_step = trainer.compile_step(
-      make_train_step(fm, tx, schedule, tc.get("grad_cache_chunks", 1), config.seed, mesh),
+      make_train_step(fm, tx, schedule, tc.get("grad_cache_chunks", 1), config.seed, mesh,
+                      config.hard_negatives.get("loss", "softmax")),
       state_sh, mesh)
 
   # --------------------------------------------------- restore checkpoint
