@@ -17,6 +17,8 @@ Distillation (--config.mode=distill): the bi-encoder as student on the same
 top 64, alpha 0.5, tau 2, both towers trained, 1 epoch, lr 1e-5.
 Run the stages in that order on one workdir; each resumes from its
 checkpoints and reuses the stored candidates and teacher scores.
+`:blink` switches to BLINK's code where the default departs from it (frozen
+embeddings, the pooler head, the separate hard-negative loss; README).
 """
 
 import ml_collections
@@ -31,7 +33,7 @@ SIZES = {
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = config_utils.parse_arg(arg, size="base", runlocal=False)
+  arg = config_utils.parse_arg(arg, size="base", runlocal=False, blink=False)
   if arg.size not in SIZES:
     raise ValueError(f"size must be one of {sorted(SIZES)}, got {arg.size!r}.")
   config = base.get_config()
@@ -73,6 +75,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.distill.train.num_epochs = 1
   config.distill.train.checkpoint_every = 1000
   config.distill.optim.learning_rate = 1e-5
+  if arg.blink:
+    # BLINK's code, exactly where the default recipe departs from it (README, "Train a
+    # bi-encoder on Zeshel"): its optimizer takes the encoder layers only
+    # (type_optimization=all_encoder_layers: embeddings, and the cross-encoder's
+    # pooler, keep their pretrained values); its cross-encoder scores BERT's pooler
+    # output (--add_linear); hard negatives get a separate sigmoid loss.
+    config.optim.frozen = ("embeddings",)
+    config.hard_negatives.loss = "binary"
+    config.cross.model.pooling = "pooler"
+    config.cross.optim.frozen = ("embeddings", "pooler")
+    config.distill.optim.frozen = ("embeddings",)
   if arg.runlocal:
     config.train.global_batch = 8
     config.train.num_steps = 10
