@@ -271,3 +271,32 @@ def test_resuming_with_another_model_config_is_a_clear_error(tmp_path):
   assert len(error) == 1 and "Traceback" not in out, out[-3000:]  # One line, no traceback.
   assert "was written with a different config" in error[0], error
   assert "model.bert.hidden_size" in error[0] and "stored=32 now=64" in error[0], error
+
+
+def test_one_training_step_in_bfloat16_is_close_to_float32():
+  # bf16 matmuls (8-bit mantissa: each product and its rounding ~2^-8 = 0.4% relative),
+  # fp32 parameters, LayerNorm, softmax and optimizer state. One step of the same
+  # model and batch: the loss agrees to 0.1% (measured 3e-6 relative: the scores of an
+  # untrained model are small) and each tower's gradient points the same way, cosine
+  # > 0.98 (measured .9999 context, .988 entity: its gradient sums over the 32 rows'
+  # small per-row terms, where bf16's rounding weighs more). Gradients stay float32.
+  results = {}
+  for dtype in ("float32", "bfloat16"):
+    cfg = ml_collections.ConfigDict(dict(
+        init_from="", pooling="cls", projection_dim=0,
+        bert=dict(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4,
+                  intermediate_size=64, max_position=32, dropout=0.0,
+                  attention_dropout=0.0, dtype=dtype)))
+    fm, params = train_biencoder.Functional.split(biencoder.build(cfg, vocab_size=64, seed=0))
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
+    fn = jax.jit(train_biencoder.make_loss_and_grads(fm, 1))
+    (loss, _), grads = fn(params, jax.tree.map(jnp.asarray, _batch()), jax.random.key(0))
+    assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
+    results[dtype] = float(loss), grads
+  (l32, g32), (l16, g16) = results["float32"], results["bfloat16"]
+  assert abs(l16 - l32) <= 1e-3 * abs(l32), (l16, l32)
+  for tower in ("context_encoder", "entity_encoder"):
+    a = np.concatenate([np.ravel(x) for x in jax.tree.leaves(g32[tower])])
+    b = np.concatenate([np.ravel(x) for x in jax.tree.leaves(g16[tower])])
+    cosine = a @ b / (np.linalg.norm(a) * np.linalg.norm(b))
+    assert cosine > 0.98, (tower, cosine)
