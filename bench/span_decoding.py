@@ -26,15 +26,8 @@ from blink_jax.inference.linker import Linker  # pylint: disable=g-import-not-at
 
 
 def decode(windows, logits, thr, n, bonus, cap, margin):
-  best = [{} for _ in range(n)]
-  ok = windows.valid & (logits >= thr)
-  for k, i, w in zip(*np.nonzero(ok)):
-    s = int(windows.tokens.offsets[k, i, 0])
-    e = int(windows.tokens.offsets[k, i + w, 1])
-    d = best[windows.text_index[k]]
-    d[(s, e)] = (max(d.get((s, e), (-np.inf, 0))[0], float(logits[k, i, w])), int(w))
   out = []
-  for d in best:
+  for d in documents.candidate_spans(windows, logits, thr, n):
     items = list(d.items())
     if margin is not None:
       items = [((s, e), (sc, w)) for (s, e), (sc, w) in items

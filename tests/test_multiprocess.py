@@ -36,6 +36,20 @@ def _losses(workdir):
   return [r["train/loss"] for r in rows if "train/loss" in r]
 
 
+def _run_two(tmp_path, name, data, cmd):
+  port = _free_port()
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  procs = [subprocess.Popen(
+      cmd(tmp_path / name, data, f"--coordinator_address=localhost:{port}",
+          "--num_processes=2", f"--process_id={i}"),
+      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)]
+  outs = [p.communicate(timeout=1200)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-3000:]
+  return outs
+
+
 @pytest.mark.multiprocess
 @pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path):
@@ -46,15 +60,7 @@ def test_two_processes_match_one_process(tmp_path):
                        capture_output=True, text=True, timeout=600)
   assert one.returncode == 0, one.stderr[-3000:]
 
-  port = _free_port()
-  procs = [subprocess.Popen(
-      _cmd(tmp_path / "two", data, f"--coordinator_address=localhost:{port}",
-           "--num_processes=2", f"--process_id={i}"),
-      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-      for i in range(2)]
-  outs = [p.communicate(timeout=600)[0] for p in procs]
-  for p, out in zip(procs, outs):
-    assert p.returncode == 0, out[-3000:]
+  outs = _run_two(tmp_path, "two", data, _cmd)
   assert "process 1/2, 2 local / 4 global devices" in outs[1]
 
   a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
@@ -75,20 +81,6 @@ def _flatten(tree, prefix=""):
       out.update(_flatten(v, f"{prefix}{k}/"))
     return out
   return {prefix.rstrip("/"): tree}
-
-
-def _run_two(tmp_path, name, data, cmd):
-  port = _free_port()
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-  procs = [subprocess.Popen(
-      cmd(tmp_path / name, data, f"--coordinator_address=localhost:{port}",
-          "--num_processes=2", f"--process_id={i}"),
-      cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-      for i in range(2)]
-  outs = [p.communicate(timeout=1200)[0] for p in procs]
-  for p, out in zip(procs, outs):
-    assert p.returncode == 0, out[-3000:]
-  return outs
 
 
 @pytest.mark.multiprocess

@@ -107,6 +107,20 @@ def make_windows(tok: tokenization.Tokenizer, texts: Sequence[str], *, max_len: 
                  unreachable=unreachable)
 
 
+def candidate_spans(windows: Windows, logits: np.ndarray, threshold: float, num_texts: int
+                    ) -> list[dict[tuple[int, int], tuple[float, int]]]:
+  """Per text, {(start, end): (best logit, extra word pieces)} of the spans >= threshold,
+  from every window (a span seen by two windows keeps its best logit)."""
+  best: list[dict[tuple[int, int], tuple[float, int]]] = [{} for _ in range(num_texts)]
+  ok = windows.valid & (logits >= threshold)
+  for n, i, w in zip(*np.nonzero(ok)):
+    s = int(windows.tokens.offsets[n, i, 0])
+    e = int(windows.tokens.offsets[n, i + w, 1])
+    d = best[windows.text_index[n]]
+    d[(s, e)] = (max(d.get((s, e), (-np.inf, 0))[0], float(logits[n, i, w])), int(w))
+  return best
+
+
 def decode_spans(windows: Windows, logits: np.ndarray, threshold: float,
                  num_texts: int, width_bonus: float = 0.0
                  ) -> list[list[tuple[int, int, float]]]:
@@ -121,15 +135,8 @@ def decode_spans(windows: Windows, logits: np.ndarray, threshold: float,
   partial names does (the calibration chooses it). Each text's spans come
   back sorted by start.
   """
-  best: list[dict[tuple[int, int], tuple[float, int]]] = [{} for _ in range(num_texts)]
-  ok = windows.valid & (logits >= threshold)
-  for n, i, w in zip(*np.nonzero(ok)):
-    s = int(windows.tokens.offsets[n, i, 0])
-    e = int(windows.tokens.offsets[n, i + w, 1])
-    d = best[windows.text_index[n]]
-    d[(s, e)] = (max(d.get((s, e), (-np.inf, 0))[0], float(logits[n, i, w])), int(w))
   out = []
-  for d in best:
+  for d in candidate_spans(windows, logits, threshold, num_texts):
     kept: list[tuple[int, int, float]] = []
     order = sorted(d.items(), key=lambda x: (-(x[1][0] + width_bonus * x[1][1]), x[0]))
     for (s, e), (score, _) in order:
