@@ -2,12 +2,15 @@
 
   python -m blink_jax.main --config=configs/demo.py --workdir=/tmp/demo
   python -m blink_jax.main --config=configs/demo.py:runlocal --workdir=/tmp/tiny
+  python -m blink_jax.main --config=configs/demo.py:bf16 --workdir=/tmp/demo_bf16
 
 Runs bi-encoder -> candidates -> cross-encoder -> distillation -> linker and
 prints two tables on the unseen worlds: BM25, the untrained bi-encoder, the
 trained one, it + cross-encoder re-ranking, and the distilled one; then
 end-to-end mention detection and linking of the test documents. `runlocal`
-shrinks worlds, model and steps for a smoke run.
+shrinks worlds, model and steps for a smoke run. `bf16` runs every model's
+matmuls in bfloat16 (parameters and optimizer state stay float32), the
+accelerator setting, for the fp32-vs-bf16 table in BENCHMARKS.md.
 """
 
 import ml_collections
@@ -17,7 +20,7 @@ from configs import base
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-  arg = config_utils.parse_arg(arg, runlocal=False)
+  arg = config_utils.parse_arg(arg, runlocal=False, bf16=False)
   config = base.get_config()
   config.mode = "demo"
   # Short inputs: the synthetic contexts carry their clues near the mention,
@@ -78,6 +81,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.linker.train.log_every = 8
   config.linker.train.checkpoint_every = 50
   config.linker.optim.learning_rate = 2e-4
+
+  if arg.bf16:
+    # The linker and the distilled bi-encoder inherit the bi-encoder's model
+    # config, so these two lines cover every model of the chain.
+    config.model.bert_overrides = dict(dtype="bfloat16")
+    config.cross.model.bert_overrides = dict(dtype="bfloat16")
 
   if arg.runlocal:
     # A tiny random-init model: a smoke run of every stage in seconds.

