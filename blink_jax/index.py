@@ -39,6 +39,7 @@ from jax.sharding import Mesh
 
 from blink_jax import exact_search
 from blink_jax import scann_search
+from blink_jax import sharding
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -78,7 +79,8 @@ class Index:
 
   # ------------------------------------------------------------------ build
   @classmethod
-  def build(cls, embeddings: np.ndarray, ids: Sequence[int], titles: Sequence[str] | None,
+  def build(cls, embeddings: np.ndarray | sharding.ShardedRows, ids: Sequence[int],
+            titles: Sequence[str] | None,
             worlds: Sequence[str | None] | None = None, *, backend: str = "auto",
             storage: str = "float32", mesh: Mesh | None = None, k: int = 64,
             target_recall: float = 0.95, scann: dict | None = None,
@@ -89,9 +91,18 @@ class Index:
 
     `keys`: the catalogue's ids as given, when they are not `ids` (string ids);
     `urls`: each entity's url or None.
+
+    `embeddings` may be row-sharded on the devices (`encode.embed_catalogue`):
+    the exact back end then quantizes them where they lie, and no process
+    holds more than its share (ScaNN needs them on the host: gathered there).
     """
-    embeddings = np.asarray(embeddings, np.float32)
-    n, dim = embeddings.shape
+    if isinstance(embeddings, sharding.ShardedRows):
+      on_devices = embeddings
+      n, dim = embeddings.count, embeddings.array.shape[1]
+    else:
+      on_devices = None
+      embeddings = np.asarray(embeddings, np.float32)
+      n, dim = embeddings.shape
     ids = np.asarray(ids, np.int64)
     titles = [""] * n if titles is None else titles
     if len(ids) != n or len(titles) != n:
@@ -106,6 +117,8 @@ class Index:
                        f"{exact_search.STORAGES}.")
     if backend == "auto":
       backend = "scann" if n >= SCANN_FROM else "exact"
+    if on_devices is not None and backend != "exact":
+      embeddings = on_devices.to_host()
     worlds = [None] * n if worlds is None else list(worlds)
     names = sorted({w for w in worlds}, key=lambda w: (w is not None, w or ""))
     code = {w: i for i, w in enumerate(names)}
@@ -113,7 +126,10 @@ class Index:
                 backend=backend, storage=storage, exact=None, scann=None,
                 model=model, dim=dim, keys=keys, urls=urls)
     index.world_names = names
-    if backend == "exact":
+    if backend == "exact" and on_devices is not None:
+      index._exact = exact_search.ExactSearch(dim, storage, mesh or on_devices.array.sharding.mesh)
+      index._exact.load_rows(on_devices, index._groups())
+    elif backend == "exact":
       values, scales = exact_search.quantize(embeddings, storage)
       index._place(values, scales, mesh)
     else:
@@ -131,9 +147,12 @@ class Index:
 
   def _place(self, values: np.ndarray, scales: np.ndarray, mesh: Mesh | None) -> None:
     """Puts stored rows on the devices, with spare rows for later additions."""
-    groups = np.where(self.ids >= 0, self.worlds, exact_search.FREE).astype(np.int32)
     self._exact = exact_search.ExactSearch(self.dim, self.storage, mesh)
-    self._exact.load(values, scales, groups, headroom=EXACT_HEADROOM)
+    self._exact.load(values, scales, self._groups(), headroom=EXACT_HEADROOM)
+
+  def _groups(self) -> np.ndarray:
+    """Each row's search group: its world, or FREE for a deleted row."""
+    return np.where(self.ids >= 0, self.worlds, exact_search.FREE).astype(np.int32)
 
   # ----------------------------------------------------------------- search
   def __len__(self) -> int:
