@@ -95,6 +95,8 @@ class Index:
     `embeddings` may be row-sharded on the devices (`encode.embed_catalogue`):
     the exact back end then quantizes them where they lie, and no process
     holds more than its share (ScaNN needs them on the host: gathered there).
+    Such an index is built without spare rows (the first `add` re-lays it),
+    and in float32 it takes the array over (the caller's is deleted).
     """
     if isinstance(embeddings, sharding.ShardedRows):
       on_devices = embeddings

@@ -23,18 +23,20 @@ from blink_jax.data.jsonl import Entity, Mention
 from blink_jax.data.records import Records
 
 
-def tower_fn(tower: nnx.Module, mesh: Mesh) -> Callable[..., jax.Array]:
+def tower_fn(tower: nnx.Module, mesh: Mesh,
+             out_sharding: jax.sharding.Sharding | None = None) -> Callable[..., jax.Array]:
   """A jitted `(*inputs) -> outputs` of a module in eval mode (an encoder
   tower: (ids, mask) -> embeddings; the cross-encoder: (ids, mask, segment_ids)
   -> scores).
 
   Inputs are global arrays split over the mesh's devices (and hosts); the
-  output is replicated so that every process can read all of it.
+  output is replicated so that every process can read all of it, unless
+  `out_sharding` says otherwise (`encode_rows` keeps it split by rows).
   """
   tower.eval()
   graphdef, state = nnx.split(tower)
 
-  @functools.partial(jax.jit, out_shardings=sharding.replicated(mesh))
+  @functools.partial(jax.jit, out_shardings=out_sharding or sharding.replicated(mesh))
   def embed(state, *inputs):
     return nnx.merge(graphdef, state)(*inputs)
 
@@ -107,20 +109,26 @@ def encode_rows(tower: nnx.Module | Callable[..., jax.Array],
   if per * n_dev < n:
     raise ValueError(f"{per} rows per device on {n_dev} devices cannot hold {n} rows.")
   # Rows per device and call: a small catalogue is not padded to batch_size.
-  b = min(max(1, batch_size // n_dev), _next_pow2(per))
+  b = min(max(1, batch_size // n_dev), per)
   steps = -(-per // b)
-  embed = _tower_rows_fn(tower, mesh)
-  rows_sh = sharding.batch_sharding(mesh)
+  embed = tower_fn(tower, mesh, sharding.batch_sharding(mesh)) if isinstance(
+      tower, nnx.Module) else tower
   axes = sharding.BATCH_AXES
-  # Position k of a call's global batch is on device k // b, which encodes row
-  # (k // b) * per + t * b + k % b at call t. This process's positions:
+  write = _write_block(mesh, axes, b, per, n)
+  # Born sharded: each device allocates only its own block, written in place.
+  buf = None
+  # Position k of a call's global batch is on device k // b; at a call that
+  # starts at `start`, it encodes row (k // b) * per + start + k % b. This
+  # process's positions:
   mine = sharding.process_rows(mesh, n_dev * b)
   pos = np.arange(mine.start, mine.stop)
-  buf = None
   for t in progress.bar(range(steps), desc=desc, unit="batch"):
-    offset = t * b + pos % b
-    rows = (pos // b) * per + offset
-    real = (rows < n) & (offset < per)
+    # The last call ends at the block's end, overlapping the one before if
+    # b does not divide per: the buffer is then exactly the final layout, and
+    # no copy is ever made to trim it.
+    start = min(t * b, per - b)
+    rows = (pos // b) * per + start + pos % b
+    real = rows < n
     # A process with no real rows still tokenizes one, for the common width.
     local = tokenize(rows[real] if real.any() else np.zeros(1, np.int64))
     arrays = {}
@@ -132,52 +140,28 @@ def encode_rows(tower: nnx.Module | Callable[..., jax.Array],
     arrays["mask"][~real, 0] = 1
     batch = sharding.global_batch(arrays, mesh)
     out = embed(*(batch[name] for name in inputs))
-    if buf is None:  # Born sharded: each device allocates only its block.
-      buf = jax.jit(lambda: jnp.zeros((n_dev * steps * b,) + out.shape[1:], out.dtype),
-                    out_shardings=rows_sh)()
-    buf = _write_block(mesh, axes, b)(buf, out, t)
-  if buf is None:
-    raise ValueError("Nothing to encode: n is 0.")
-  return sharding.ShardedRows(_trim(mesh, axes, per, n)(buf), n)
-
-
-def _tower_rows_fn(tower, mesh: Mesh) -> Callable[..., jax.Array]:
-  """A jitted tower whose output stays split by rows like its input."""
-  if not isinstance(tower, nnx.Module):
-    return tower
-  tower.eval()
-  graphdef, state = nnx.split(tower)
-
-  @functools.partial(jax.jit, out_shardings=sharding.batch_sharding(mesh))
-  def embed(state, *inputs):
-    return nnx.merge(graphdef, state)(*inputs)
-
-  return lambda *inputs: embed(state, *inputs)
+    if buf is None:
+      buf = jax.jit(lambda: jnp.zeros((n_dev * per,) + out.shape[1:], out.dtype),
+                    out_shardings=sharding.batch_sharding(mesh))()
+    buf = write(buf, out, start)
+  return sharding.ShardedRows(buf, n)
 
 
 @functools.lru_cache(maxsize=None)
-def _write_block(mesh: Mesh, axes: tuple[str, ...], b: int):
-  """buf, out, t -> buf with each device's b rows of `out` at its rows [t*b, (t+1)*b).
+def _write_block(mesh: Mesh, axes: tuple[str, ...], b: int, per: int, n: int):
+  """(buf, out, start) -> buf with each device's b rows of `out` at its rows
+  [start, start + b), rows from n on (padding) zeroed.
 
   Per device (shard_map): nothing crosses devices; buf is donated, so it is
   updated in place.
   """
-  def local(buf, out, t):
-    return jax.lax.dynamic_update_slice_in_dim(buf, out.astype(buf.dtype), t * b, 0)
+  def local(buf, out, start):
+    first = jax.lax.axis_index(axes) * per + start
+    real = (first + jnp.arange(b) < n).reshape((b,) + (1,) * (out.ndim - 1))
+    return jax.lax.dynamic_update_slice_in_dim(
+        buf, jnp.where(real, out, 0).astype(buf.dtype), start, 0)
   return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(axes), P(axes), P()),
                                out_specs=P(axes)), donate_argnums=(0,))
-
-
-@functools.lru_cache(maxsize=None)
-def _trim(mesh: Mesh, axes: tuple[str, ...], per: int, n: int):
-  """Each device's first `per` rows, rows from n on zeroed: the final layout."""
-  def local(buf):
-    first = jax.lax.axis_index(axes) * per
-    block = buf[:per]
-    real = first + jnp.arange(per) < n
-    return jnp.where(real.reshape((per,) + (1,) * (block.ndim - 1)), block, 0)
-  return jax.jit(jax.shard_map(local, mesh=mesh, in_specs=P(axes), out_specs=P(axes)),
-                 donate_argnums=(0,))
 
 
 def _next_pow2(x: int) -> int:
