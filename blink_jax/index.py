@@ -92,19 +92,15 @@ class Index:
     `keys`: the catalogue's ids as given, when they are not `ids` (string ids);
     `urls`: each entity's url or None.
 
-    `embeddings` may be row-sharded on the devices (`encode.embed_catalogue`):
-    the exact back end then quantizes them where they lie, and no process
-    holds more than its share (ScaNN needs them on the host: gathered there).
-    Such an index is built without spare rows (the first `add` re-lays it),
-    and in float32 it takes the array over (the caller's is deleted).
+    `embeddings` may be row-sharded (`encode.embed_catalogue`): exact search
+    then quantizes them where they lie, without spare rows (`add` re-lays),
+    taking a float32 array over; ScaNN gathers them to the host.
     """
-    if isinstance(embeddings, sharding.ShardedRows):
-      on_devices = embeddings
-      n, dim = embeddings.count, embeddings.array.shape[1]
-    else:
-      on_devices = None
+    on_devices = embeddings if isinstance(embeddings, sharding.ShardedRows) else None
+    if on_devices is None:
       embeddings = np.asarray(embeddings, np.float32)
-      n, dim = embeddings.shape
+    n, dim = (embeddings.shape if on_devices is None
+              else (on_devices.count, on_devices.array.shape[1]))
     ids = np.asarray(ids, np.int64)
     titles = [""] * n if titles is None else titles
     if len(ids) != n or len(titles) != n:
@@ -128,9 +124,9 @@ class Index:
                 backend=backend, storage=storage, exact=None, scann=None,
                 model=model, dim=dim, keys=keys, urls=urls)
     index.world_names = names
-    if backend == "exact" and on_devices is not None:
+    if backend == "exact" and on_devices is not None:  # Every row is live: group = world.
       index._exact = exact_search.ExactSearch(dim, storage, mesh or on_devices.array.sharding.mesh)
-      index._exact.load_rows(on_devices, index._groups())
+      index._exact.load_rows(on_devices, index.worlds)
     elif backend == "exact":
       values, scales = exact_search.quantize(embeddings, storage)
       index._place(values, scales, mesh)
@@ -149,12 +145,9 @@ class Index:
 
   def _place(self, values: np.ndarray, scales: np.ndarray, mesh: Mesh | None) -> None:
     """Puts stored rows on the devices, with spare rows for later additions."""
+    groups = np.where(self.ids >= 0, self.worlds, exact_search.FREE).astype(np.int32)
     self._exact = exact_search.ExactSearch(self.dim, self.storage, mesh)
-    self._exact.load(values, scales, self._groups(), headroom=EXACT_HEADROOM)
-
-  def _groups(self) -> np.ndarray:
-    """Each row's search group: its world, or FREE for a deleted row."""
-    return np.where(self.ids >= 0, self.worlds, exact_search.FREE).astype(np.int32)
+    self._exact.load(values, scales, groups, headroom=EXACT_HEADROOM)
 
   # ----------------------------------------------------------------- search
   def __len__(self) -> int:
