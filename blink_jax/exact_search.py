@@ -59,6 +59,38 @@ def quantize(x: np.ndarray, storage: str, chunk: int = 65536
   return values, scales
 
 
+def rows_per_device(n: int, devices: int, block: int = 16384) -> int:
+  """Rows each device holds for n rows: a whole number of search blocks (or one
+  small block). The one layout of the exact index, which the encoder writes into."""
+  per = max(1, -(-n // devices))
+  blk = min(block, per)
+  return -(-per // blk) * blk
+
+
+@functools.lru_cache(maxsize=None)
+def _quantize_fn(storage: str, sh: NamedSharding):
+  """`quantize` on devices, jitted: float32 rows -> (stored values, scales), in place.
+
+  The same arithmetic as the numpy version (round half to even, the same
+  division), so both paths store the same bits.
+  """
+  rows_sh = NamedSharding(sh.mesh, P(sh.spec[0]))
+
+  def q(x):
+    x = x.astype(jnp.float32)
+    if storage == "int8":
+      sc = jnp.abs(x).max(axis=1) / 127.0
+      sc = jnp.where(sc > 0, sc, 1.0).astype(jnp.float32)
+      return jnp.clip(jnp.rint(x / sc[:, None]), -127, 127).astype(jnp.int8), sc
+    return x.astype(_dtype(storage)), jnp.ones(x.shape[0], jnp.float32)
+
+  # float32 is stored as it is: the input buffer becomes the stored values
+  # (donated) rather than being copied. The other storages are smaller than
+  # their input, which cannot be reused for them.
+  donate = (0,) if storage == "float32" else ()
+  return jax.jit(q, out_shardings=(sh, rows_sh), donate_argnums=donate)
+
+
 def dequantize(values: np.ndarray, scales: np.ndarray) -> np.ndarray:
   return np.asarray(values, np.float32) * np.asarray(scales, np.float32)[:, None]
 
@@ -86,11 +118,7 @@ class ExactSearch:
 
   # ------------------------------------------------------------------ layout
   def _capacity_for(self, n: int) -> int:
-    """Rows per device: a whole number of blocks (or one small block)."""
-    per = max(1, -(-n // self.n_dev))
-    blk = min(self.block, per)
-    per = -(-per // blk) * blk
-    return per * self.n_dev
+    return rows_per_device(n, self.n_dev, self.block) * self.n_dev
 
   def load(self, values: np.ndarray, scales: np.ndarray, groups: np.ndarray,
            headroom: float = 0.0) -> None:
@@ -102,22 +130,50 @@ class ExactSearch:
     n = values.shape[0]
     self.capacity = self._capacity_for(max(1, int(n * (1 + headroom))))
     c = self.capacity
+    self.values = self._rows_of(values, 0, _dtype(self.storage), (c, self.dim))
+    self.scales = self._rows_of(scales, 0, np.float32, (c,))
+    self.groups = self._rows_of(groups, FREE, np.int32, (c,))
 
-    def rows_of(host, fill, dtype, shape):
-      def cb(idx):
-        sl = idx[0]
-        start, stop = sl.start or 0, c if sl.stop is None else sl.stop
-        out = np.full((stop - start,) + shape[1:], fill, dtype)
-        real = max(0, min(stop, n) - start)
-        if real:
-          out[:real] = host[start:start + real]
-        return out
-      return jax.make_array_from_callback(shape, NamedSharding(
-          self.mesh, P(self.axes, *([None] * (len(shape) - 1)))), cb)
+  def load_rows(self, rows: sharding.ShardedRows, groups: np.ndarray) -> None:
+    """Takes float32 vectors that are already row-sharded on the devices.
 
-    self.values = rows_of(values, 0, _dtype(self.storage), (c, self.dim))
-    self.scales = rows_of(scales, 0, np.float32, (c,))
-    self.groups = rows_of(groups, FREE, np.int32, (c,))
+    `rows` must have this search's layout (`rows_per_device(rows.count, devices)`
+    rows per device, as `inference.encode.encode_rows` lays them out): the
+    vectors are quantized where they lie, so no host ever holds the matrix.
+    There is no spare capacity; the first `update` past it re-lays (`grow`).
+    In float32 the array becomes the stored values: `rows` is used up.
+    """
+    per = rows_per_device(rows.count, self.n_dev, self.block)
+    if rows.array.shape != (per * self.n_dev, self.dim):
+      raise ValueError(f"Row-sharded vectors of shape {rows.array.shape}; {rows.count} rows "
+                       f"on {self.n_dev} devices need ({per * self.n_dev}, {self.dim}).")
+    self.capacity = c = per * self.n_dev
+    # The same placement as the search reads (device i: rows i*per...): a local
+    # quantization under jit, no data moves between devices.
+    sh = NamedSharding(self.mesh, P(self.axes, None))
+    values = rows.array
+    # Only rows on another mesh are moved: across processes, device_put copies
+    # even an array already in an equivalent sharding (measured: +1 share).
+    if not values.sharding.is_equivalent_to(sh, 2):
+      values = jax.device_put(values, sh)
+    self.values, self.scales = _quantize_fn(self.storage, sh)(values)
+    self.groups = self._rows_of(groups, FREE, np.int32, (c,))
+
+  def _rows_of(self, host, fill, dtype, shape) -> jax.Array:
+    """Rows [0, len(host)) of host, padded with `fill` to `shape`, split by rows; each
+    process reads only its own devices' rows (host may be memory-mapped)."""
+    n, c = host.shape[0], shape[0]
+
+    def cb(idx):
+      sl = idx[0]
+      start, stop = sl.start or 0, c if sl.stop is None else sl.stop
+      out = np.full((stop - start,) + shape[1:], fill, dtype)
+      real = max(0, min(stop, n) - start)
+      if real:
+        out[:real] = host[start:start + real]
+      return out
+    return jax.make_array_from_callback(shape, NamedSharding(
+        self.mesh, P(self.axes, *([None] * (len(shape) - 1)))), cb)
 
   def grow(self, min_rows: int) -> None:
     """Re-lays the device arrays with room for `min_rows` rows; no host copy."""
@@ -134,7 +190,8 @@ class ExactSearch:
     """Yields (start, stored values, scales) of `rows`, chunk by chunk.
 
     A collective: every process must call it (with the same rows), and every
-    process receives each chunk; at most `chunk` rows are on a host at once.
+    process receives each chunk; at most `chunk` rows are on a host at once
+    (measured: the transient is a few chunks, whatever the matrix size).
     """
     take = jax.jit(lambda v, s, r: (v[r], s[r]), out_shardings=(self._rep, self._rep))
     for start in range(0, len(rows), chunk):

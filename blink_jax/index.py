@@ -39,6 +39,7 @@ from jax.sharding import Mesh
 
 from blink_jax import exact_search
 from blink_jax import scann_search
+from blink_jax import sharding
 
 FORMAT = 1
 MANIFEST = "manifest.json"
@@ -78,7 +79,8 @@ class Index:
 
   # ------------------------------------------------------------------ build
   @classmethod
-  def build(cls, embeddings: np.ndarray, ids: Sequence[int], titles: Sequence[str] | None,
+  def build(cls, embeddings: np.ndarray | sharding.ShardedRows, ids: Sequence[int],
+            titles: Sequence[str] | None,
             worlds: Sequence[str | None] | None = None, *, backend: str = "auto",
             storage: str = "float32", mesh: Mesh | None = None, k: int = 64,
             target_recall: float = 0.95, scann: dict | None = None,
@@ -89,9 +91,16 @@ class Index:
 
     `keys`: the catalogue's ids as given, when they are not `ids` (string ids);
     `urls`: each entity's url or None.
+
+    `embeddings` may be row-sharded (`encode.embed_catalogue`): exact search
+    then quantizes them where they lie, without spare rows (`add` re-lays),
+    taking a float32 array over; ScaNN gathers them to the host.
     """
-    embeddings = np.asarray(embeddings, np.float32)
-    n, dim = embeddings.shape
+    on_devices = embeddings if isinstance(embeddings, sharding.ShardedRows) else None
+    if on_devices is None:
+      embeddings = np.asarray(embeddings, np.float32)
+    n, dim = (embeddings.shape if on_devices is None
+              else (on_devices.count, on_devices.array.shape[1]))
     ids = np.asarray(ids, np.int64)
     titles = [""] * n if titles is None else titles
     if len(ids) != n or len(titles) != n:
@@ -106,6 +115,8 @@ class Index:
                        f"{exact_search.STORAGES}.")
     if backend == "auto":
       backend = "scann" if n >= SCANN_FROM else "exact"
+    if on_devices is not None and backend != "exact":
+      embeddings = on_devices.to_host()
     worlds = [None] * n if worlds is None else list(worlds)
     names = sorted({w for w in worlds}, key=lambda w: (w is not None, w or ""))
     code = {w: i for i, w in enumerate(names)}
@@ -113,7 +124,10 @@ class Index:
                 backend=backend, storage=storage, exact=None, scann=None,
                 model=model, dim=dim, keys=keys, urls=urls)
     index.world_names = names
-    if backend == "exact":
+    if backend == "exact" and on_devices is not None:  # Every row is live: group = world.
+      index._exact = exact_search.ExactSearch(dim, storage, mesh or on_devices.array.sharding.mesh)
+      index._exact.load_rows(on_devices, index.worlds)
+    elif backend == "exact":
       values, scales = exact_search.quantize(embeddings, storage)
       index._place(values, scales, mesh)
     else:

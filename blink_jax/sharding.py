@@ -13,6 +13,7 @@ the entity embeddings of every device (and host) automatically.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Mapping
 
@@ -102,3 +103,44 @@ def global_batch(local: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.A
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in local.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardedRows:
+  """A global [devices * per_device, ...] array split by rows over every device.
+
+  Device i (in the mesh's batch order) holds rows [i * per_device, (i + 1) *
+  per_device); rows from `count` on are padding (zeros), so `mask` marks the
+  real ones. No process holds more than its devices' rows: this is how an
+  entity catalogue's embeddings go from the encoder to the exact index
+  without a full copy on any host.
+  """
+
+  array: jax.Array
+  count: int
+
+  @property
+  def per_device(self) -> int:
+    return self.array.shape[0] // self.array.sharding.mesh.size
+
+  @property
+  def mask(self) -> np.ndarray:
+    return np.arange(self.array.shape[0]) < self.count
+
+  def to_host(self, chunk: int = 65536) -> np.ndarray:
+    """The real rows, [count, ...], on every process (a full replica: for small arrays
+    and for back ends that need one). Gathered `chunk` rows at a time."""
+    rep = replicated(self.array.sharding.mesh)
+    take = jax.jit(lambda a, start: jax.lax.dynamic_slice_in_dim(a, start, chunk),
+                   out_shardings=rep)
+    padded = self.array
+    if padded.shape[0] < chunk:
+      chunk = padded.shape[0]
+    out = np.empty((self.count,) + padded.shape[1:], padded.dtype)
+    for start in range(0, self.count, chunk):
+      # dynamic_slice clamps a start past the end: read the last whole chunk then.
+      at = min(start, padded.shape[0] - chunk)
+      part = np.asarray(take(padded, at))
+      out[start:min(start + chunk, self.count)] = part[start - at:start - at + min(
+          chunk, self.count - start)]
+    return out

@@ -3,8 +3,10 @@
 The bi-encoder, the cross-encoder and the distilled student differ in their
 model, loss and batches; they train the same way, here:
   * `Functional`: a model as a pure function of its parameters;
-  * `create_state` / `restore`: parameters and optimizer state created
-    sharded over the mesh, and resumed from a stage's checkpoints;
+  * `init_model` / `create_state` / `restore`: parameters and optimizer
+    state born sharded over the mesh (random init and optimizer state under
+    jit with out_shardings; pretrained weights placed shard by shard), and
+    resumed from a stage's checkpoints;
   * `make_train_step` / `compile_step`: one update, jitted with explicit
     shardings and the state donated; dropout keyed by (seed, step), so a
     resumed run draws the masks the uninterrupted one would have;
@@ -63,16 +65,77 @@ class Functional:
     return model
 
 
+def init_model(make: Callable[[], nnx.Module], mesh,
+               functional: type[Functional] = Functional) -> tuple[Functional, Any]:
+  """A randomly initialised model whose parameters are born sharded over `mesh`.
+
+  `make()` runs under `jax.jit` with out_shardings from `jax.eval_shape`, so
+  each device computes only its own shards: no full copy of the parameters
+  exists anywhere, not even on one device. The values are those `make()`
+  gives eagerly (random bits do not depend on the sharding with
+  jax_threefry_partitionable, the default). Not for pretrained weights: read
+  from a file, they would become constants of the compiled program; place
+  them with `create_state` instead.
+  """
+  graphdef = nnx.split(nnx.eval_shape(make), nnx.Param, ...)[0]
+
+  def init():
+    _, params, rest = nnx.split(make(), nnx.Param, ...)
+    return params, rest
+
+  params, rest = jax.eval_shape(init)
+  out_sh = (sharding.tree_shardings(mesh, params),
+            jax.tree.map(lambda _: sharding.replicated(mesh), rest))
+  params, rest = jax.jit(init, out_shardings=out_sh)()
+  return functional(graphdef, rest), params
+
+
+def fresh_model(make: Callable[[], nnx.Module], mesh, *, pretrained: bool,
+                functional: type[Functional] = Functional) -> tuple[Functional, Any]:
+  """`make()`'s model as (Functional, params), for a trainer to start from.
+
+  A random init is born sharded (`init_model`); a model that starts from
+  pretrained weights is built on the host, where the checkpoint is read, and
+  `create_state` places it shard by shard.
+  """
+  if pretrained:
+    return functional.split(make())
+  return init_model(make, mesh, functional)
+
+
+def place(tree: Any, shardings: Any) -> Any:
+  """Puts each array of `tree` in its sharding, moving only what each device holds.
+
+  A host array (numpy, or a jax.Array on one device: pretrained weights just
+  read) goes shard by shard (`make_array_from_callback`): each process places
+  only its addressable shards and no device ever holds a replica. An array
+  already spread over devices is resharded on them (a no-op when it is already
+  in place, as restored checkpoints are).
+  """
+  def one(x, sh):
+    if isinstance(x, jax.Array) and len(x.sharding.device_set) > 1:
+      return jax.device_put(x, sh)
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sh, lambda idx: host[idx])
+  return jax.tree.map(one, tree, shardings)
+
+
 def create_state(params: Any, tx: optax.GradientTransformation, mesh
                  ) -> tuple[dict, dict]:
-  """The train state {params, opt_state, step} sharded over `mesh`, and its shardings."""
+  """The train state {params, opt_state, step} sharded over `mesh`, and its shardings.
+
+  Nothing is created replicated and then split: the parameters are placed
+  shard by shard (`place`; from `init_model` they are in place already), and
+  the optimizer state (Adam's two moments: twice the parameters) and the step
+  are computed under jit straight into their shardings, from `jax.eval_shape`.
+  """
   param_sh = sharding.tree_shardings(mesh, params)
-  params = jax.device_put(params, param_sh)
+  params = place(params, param_sh)
   opt_sh = sharding.tree_shardings(mesh, jax.eval_shape(tx.init, params))
   opt_state = jax.jit(tx.init, out_shardings=opt_sh)(params)
   rep = sharding.replicated(mesh)
   state = {"params": params, "opt_state": opt_state,
-           "step": jax.device_put(jnp.zeros((), jnp.int32), rep)}
+           "step": jax.jit(lambda: jnp.zeros((), jnp.int32), out_shardings=rep)()}
   return state, {"params": param_sh, "opt_state": opt_sh, "step": rep}
 
 

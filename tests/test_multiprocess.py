@@ -1,16 +1,18 @@
-"""Two JAX processes on localhost run the whole chain exactly like one process.
+"""Two JAX processes on localhost run the whole chain (and build an index) exactly like one.
 
 The global batch of every step is the same whatever the number of processes
 (each process reads its own block of it), so every logged loss and every
 reported metric of a 2-process run must equal those of a 1-process run.
 """
 
+import importlib.util
 import json
 import os
 import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,7 +65,7 @@ def test_every_stage_on_two_processes_matches_one_process(tmp_path):
                        env=env, capture_output=True, text=True, timeout=1200)
   assert one.returncode == 0, one.stderr[-3000:]
   outs = _run_two(tmp_path, "two", tmp_path / "data2", _pipeline_cmd)
-  assert "process 1/2, 4 local / 8 global devices" in outs[1]
+  assert "process 1/2, 2 local / 4 global devices" in outs[1]
 
   def metrics(name):
     with open(tmp_path / name / "metrics.json") as f:
@@ -88,3 +90,47 @@ def test_every_stage_on_two_processes_matches_one_process(tmp_path):
   assert la.keys() == lb.keys() and len(la) > 10
   for k in la:
     assert abs(la[k] - lb[k]) <= 1e-4, (k, la[k], lb[k])
+
+
+def _index_cmd(out, data, *extra):
+  return [sys.executable, os.path.join("tests", "index_worker.py"), str(out), str(data), *extra]
+
+
+@pytest.mark.multiprocess
+def test_index_build_change_save_on_two_processes_equals_one(tmp_path):
+  # Two processes encode the catalogue straight into a row-sharded exact index (each its
+  # own rows), search it, add, delete, save and load it: every result and every saved
+  # file must be what one process gets.
+  data = tmp_path / "vocab"
+  data.mkdir()
+  spec = importlib.util.spec_from_file_location(
+      "index_worker", os.path.join(REPO, "tests", "index_worker.py"))
+  worker = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(worker)
+  (data / "vocab.txt").write_text("\n".join(worker.VOCAB) + "\n", encoding="utf-8")
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+  # The one-process reference runs beside the two processes: the test waits once.
+  one = subprocess.Popen(_index_cmd(tmp_path / "one", data), cwd=REPO, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  _run_two(tmp_path, "two", data, _index_cmd)
+  log = one.communicate(timeout=600)[0]
+  assert one.returncode == 0, log[-3000:]
+
+  def result(name, p=0):
+    with open(tmp_path / name / f"result-{p}.json") as f:
+      return json.load(f)
+  a, b, b1 = result("one"), result("two"), result("two", 1)
+  assert (a["process_count"], b["process_count"], b["devices"]) == (1, 2, 4)
+  # Each process held its own half of the encoded rows, never the whole catalogue.
+  assert b["held"] == b1["held"] == b["rows"] // 2 and b["rows"] >= worker.N
+  assert a["count"] == b["count"] == worker.N + 2 - 3
+  for key in ("built", "built_worlds", "changed", "loaded"):
+    assert a[key]["ids"] == b[key]["ids"], key
+    np.testing.assert_allclose(a[key]["scores"], b[key]["scores"], rtol=1e-5, atol=1e-5)
+  ix_a, ix_b = tmp_path / "one" / "ix", tmp_path / "two" / "ix"
+  assert (ix_a / "entities.jsonl").read_text() == (ix_b / "entities.jsonl").read_text()
+  np.testing.assert_allclose(np.load(ix_a / "vectors.npy"), np.load(ix_b / "vectors.npy"),
+                             atol=1e-5)
+  ma, mb = (json.loads((d / "manifest.json").read_text()) for d in (ix_a, ix_b))
+  assert {k: v for k, v in ma.items() if k != "files"} == {
+      k: v for k, v in mb.items() if k != "files"}

@@ -542,7 +542,8 @@ def confidence(scores: np.ndarray) -> np.ndarray:
   return probabilities(scores)[:, 0]
 
 
-def make_index(config, entities: Records[Entity], embeddings: np.ndarray, mesh,
+def make_index(config, entities: Records[Entity],
+               embeddings: np.ndarray | sharding.ShardedRows, mesh,
                model_id: dict) -> index_lib.Index:
   """The linker's index of `entities`, whose `embeddings` its (frozen) entity tower made.
 
@@ -573,7 +574,7 @@ def index_for(config, workdir: str, trained: load_lib.Trained, tok: tokenization
   except (FileNotFoundError, index_lib.IndexLoadError):
     pass
   logging.info("Encoding %d entities of %s for the linker's index.", len(catalogue), path)
-  emb = encode.embed_entities(trained.model, tok, catalogue, config, mesh)
+  emb = encode.embed_catalogue(trained.model, tok, catalogue, config, mesh)
   index = make_index(config, catalogue, emb, mesh, trained.identity)
   index.save(directory)
   return index

@@ -224,7 +224,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # ---------------------------------------------------------------- model
   workdir_lib.save_config(workdir, STAGE, config)
-  fm, params = Functional.split(load_lib.build(STAGE, config))
+  fm, params = trainer.fresh_model(lambda: load_lib.build(STAGE, config), mesh,
+                                   pretrained=bool(config.model.get("init_from")),
+                                   functional=Functional)
   tx, schedule = optim.make(config.optim, total_steps)
 
   # ---------------------------------------------------- shard & transfer

@@ -106,7 +106,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # ---------------------------------------------------------------- model
   workdir_lib.save_config(workdir, STAGE, config)
-  fm, params = trainer.Functional.split(load_lib.build(STAGE, config))
+  fm, params = trainer.fresh_model(lambda: load_lib.build(STAGE, config), mesh,
+                                   pretrained=bool(cc.model.get("init_from")))
   state = None
   if data.train:
     found = cands["train"].top(k).gold_positions() >= 0

@@ -11,9 +11,10 @@ WORKDIR/biencoder: the one the linker starts from). Writes: WORKDIR/index/.
   ... --config.index.delete=Q42,Q7   # a catalogue of string ids (or a file, one per line)
 
 The catalogue is read and encoded in a stream, split over devices and
-processes (inference.encode). Adding or deleting loads the saved index, checks
-that the current final bi-encoder made it, changes it and saves it again: only
-the new entities are encoded.
+processes (inference.encode), and its embeddings stay split by rows on the
+devices into the exact index: no host holds the whole matrix. Adding or
+deleting loads the saved index, checks that the current final bi-encoder made
+it, changes it and saves it again: only the new entities are encoded.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ def run(config: ml_collections.ConfigDict, workdir: str) -> index_lib.Index:
       entities = sources.load(config, workdir).entities
     logging.info("Encoding %d entities with the %s of step %d.", len(entities),
                  model_key["stage"], model_key["step"])
-    emb = encode.embed_entities(model, tok, entities, config, mesh)
+    # Left split by rows on the devices: no process holds the whole matrix.
+    emb = encode.embed_catalogue(model, tok, entities, config, mesh)
     # Titles and urls are kept for results; only process 0 writes them.
     writer = jax.process_index() == 0
     records = list(entities) if writer else None
