@@ -25,11 +25,12 @@ import dataclasses
 import functools
 import json
 import math
-from pathlib import Path
+from etils.epath import Path  # Local or gs:// (see storage.py).
 from typing import Any, Iterator
 
 import numpy as np
 
+from blink_jax import storage
 from blink_jax.bm25 import tokenize
 from blink_jax.data.jsonl import Document, Entity, Mention, Span, write_jsonl
 from blink_jax.data.synthetic_lexicon import (
@@ -462,10 +463,7 @@ def write(corpus: SyntheticCorpus, out_dir: str | Path) -> dict[str, Path]:
   paths = {key: out_dir / name for key, name in FILES.items()}
   for key, path in paths.items():
     write_jsonl(path, getattr(corpus, key))
-  manifest = out_dir / MANIFEST
-  tmp = manifest.with_name(f".{MANIFEST}.tmp")
-  tmp.write_text(_manifest(corpus.config), encoding="utf-8")
-  tmp.replace(manifest)
+  storage.atomic_write_text(out_dir / MANIFEST, _manifest(corpus.config))
   return paths
 
 
