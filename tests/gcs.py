@@ -1,4 +1,5 @@
-"""A real GCS server on localhost for the tests: PyPI `gcp-storage-emulator`, pure Python.
+"""A real GCS server on localhost for the tests: PyPI `gcp-storage-emulator`, pure Python
+(run by gcs_server.py, which adds the generation header TensorStore needs).
 
 `emulator()` starts it as a subprocess on a free port with one bucket, points gcsfs
 (STORAGE_EMULATOR_HOST) and TensorStore, which Orbax writes arrays with
@@ -46,8 +47,8 @@ def emulator(monkeypatch) -> Iterator[str]:
   port = _free_port()
   url = f"http://127.0.0.1:{port}"
   proc = subprocess.Popen(
-      [sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1",
-       f"--port={port}", "--in-memory", f"--default-bucket={BUCKET}"],
+      [sys.executable, os.path.join(os.path.dirname(__file__), "gcs_server.py"), "start",
+       "--host=127.0.0.1", f"--port={port}", "--in-memory", f"--default-bucket={BUCKET}"],
       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   try:
     deadline = time.time() + 30
