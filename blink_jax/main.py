@@ -60,6 +60,13 @@ def check_storage(config, workdir: str) -> None:
   for key, path in (("data.dir", config.data.get("dir")), ("index.dir", config.index.get("dir"))):
     if path:
       storage.check_reachable(path, what=f"--config.{key}", write=True)
+  if config.data.kind == "zeshel":
+    tfds_dir = config.data.get("tfds_dir") or os.path.join(workdir, "tfds")
+    if storage.is_remote(tfds_dir) or storage.is_remote(config.data.get("zeshel_dir") or ""):
+      raise cli.UserError(
+          f"Zeshel's raw release (data.zeshel_dir) and tfds build (data.tfds_dir, default "
+          f"WORKDIR/tfds, here {tfds_dir}) must be local or shared-filesystem paths, not gs://: "
+          "set --config.data.tfds_dir=PATH")
 
 
 def run(config, workdir: str):

@@ -16,8 +16,10 @@ through the helpers here for what epath lacks:
   (read + one atomic upload): for small files only (the metrics history).
 * `check_reachable`: a path on a missing or unreachable bucket fails with one
   line before any work starts (epath's `exists` just says False).
-* `download_dir` / `upload_dir`: for readers and writers that need a local
+* `local_copy` / `upload_file`: for readers and writers that need a local
   directory (memory-mapped numpy arrays, ScaNN, TensorBoard's event files).
+* `local_file`: a gs:// file read by row (a jsonl data set) is downloaded once
+  per process, since a ranged request per row would be slow.
 
 Credentials are Google's usual ones (`gcloud auth application-default login`,
 or a VM's service account). `STORAGE_EMULATOR_HOST` points gcsfs at a local
@@ -33,6 +35,7 @@ import logging
 import os
 import shutil
 import tempfile
+import atexit
 import uuid
 from collections.abc import Iterator
 from typing import IO, Any
@@ -217,6 +220,27 @@ def upload_file(src: str, dst: PathLike) -> None:
   """Copies local file `src` to `dst` (local or gs://) as one write."""
   with builtins.open(src, "rb") as f, open(dst, "wb") as out:
     shutil.copyfileobj(f, out, 1 << 22)
+
+
+_DOWNLOADS: dict[tuple[str, int, int], str] = {}
+
+
+def local_file(p: PathLike) -> str:
+  """A local path holding file `p`'s bytes: `p` itself if local, else a download made once
+  per process (again if the object changed), deleted at exit."""
+  p = os.fspath(p)
+  if not is_remote(p):
+    return p
+  key = (p, *getsize_and_mtime(p))
+  if key not in _DOWNLOADS:
+    if not _DOWNLOADS:
+      directory = tempfile.mkdtemp(prefix="blink_jax.data.")
+      atexit.register(shutil.rmtree, directory, ignore_errors=True)
+      _DOWNLOADS[("", 0, 0)] = directory
+    local = os.path.join(_DOWNLOADS[("", 0, 0)], f"{len(_DOWNLOADS)}-{os.path.basename(p)}")
+    path(p).copy(local, overwrite=True)
+    _DOWNLOADS[key] = local
+  return _DOWNLOADS[key]
 
 
 @contextlib.contextmanager

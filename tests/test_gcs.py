@@ -50,6 +50,23 @@ def test_storage_writes_reads_and_lists(root):
     storage.check_reachable("gs://nobucket/w", what="--workdir")
 
 
+def test_jsonl_data_on_gcs_is_read_by_row(root):
+  from blink_jax.data import jsonl  # pylint: disable=g-import-not-at-top
+  from blink_jax.data import sources  # pylint: disable=g-import-not-at-top
+  from configs import jsonl as jsonl_config  # pylint: disable=g-import-not-at-top
+  path = f"{root}/kb/entities.jsonl"
+  jsonl.write_jsonl(path, [{"id": i, "title": f"T{i}", "text": f"about {i}"} for i in range(5)])
+  entities = jsonl.open_entities(path)
+  assert [e.title for e in entities.take(np.array([3, 0]))] == ["T3", "T0"]
+  config = jsonl_config.get_config()
+  config.data.entities = "gs://nobucket/kb/entities.jsonl"
+  with pytest.raises(storage.UnreachableError, match="config.data.entities=gs://nobucket"):
+    sources.check(config)
+  config.data.entities = f"{root}/kb/missing.jsonl"
+  with pytest.raises(FileNotFoundError, match="missing.jsonl: no such file"):
+    sources.check(config)
+
+
 def _upper(records):
   return [r["text"].upper() for r in records]
 

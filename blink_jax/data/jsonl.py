@@ -342,7 +342,7 @@ def _scan(path: PathLike, parse: Callable[[dict], T], *, skip_bad: bool,
   reasons_before = collections.Counter(stats.reasons)
   offset = 0
   # Binary, so a bad byte is reported with its own line number.
-  with storage.open(path, "rb") as f:
+  with open(storage.local_file(path), "rb") as f:
     for lineno, raw in enumerate(f, start=1):
       start, offset = offset, offset + len(raw)
       try:
@@ -458,7 +458,7 @@ def _open(path: PathLike, parse: Callable[[dict], Any], reparse: Callable[[dict,
     if _stamp(path) != stamp:  # Offsets into a changed file would read wrong records.
       raise DataError(f"{path} changed after it was opened; reload the data.", "changed")
     out = []
-    with storage.open(path, "rb") as f:
+    with open(storage.local_file(path), "rb") as f:
       for row in rows:
         f.seek(offsets[row])
         out.append(reparse(decode_line(f.readline()), int(labels[row])))
