@@ -233,8 +233,8 @@ class _RemotePartial:
     pass
 
   def finish(self, output_path: str, out_bytes: int) -> None:
-    # One upload, visible whole when it is closed; a batch in memory at a time.
-    with storage.open(output_path, "wb") as out:
+    # One upload, visible whole when it is finished; a batch in memory at a time.
+    with storage.writer(output_path) as out:
       for start, part in self._parts():
         if start < out_bytes:
           out.write(storage.read_bytes(part))

@@ -216,9 +216,41 @@ def download_dir(src: PathLike, dst: str) -> None:
           os.path.join(dst, rel, name), overwrite=True)
 
 
+@contextlib.contextmanager
+def writer(p: PathLike) -> Iterator[IO[bytes]]:
+  """A binary file that becomes `p`, whole, when the block ends without an error; on an
+  error nothing is written. Locally a temporary file, fsynced and renamed; on GCS an upload
+  that is finished on success and abandoned on an error (a plain `with open(...)` would
+  finish it either way, leaving half an object)."""
+  p = os.fspath(p)
+  if not is_remote(p):
+    tmp = f"{p}.tmp.{os.getpid()}"
+    try:
+      with builtins.open(tmp, "wb") as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
+      os.replace(tmp, p)
+    finally:
+      if os.path.exists(tmp):
+        os.unlink(tmp)
+    return
+  f = open(p, "wb")
+  try:
+    yield f
+  except BaseException:
+    try:
+      f.discard()  # Cancels a resumable upload already begun.
+    except Exception:  # pylint: disable=broad-except
+      pass  # Best effort: an unfinished upload never becomes an object, and expires.
+    f.closed = True  # Never finished: not by close(), nor when the object is collected.
+    raise
+  f.close()
+
+
 def upload_file(src: str, dst: PathLike) -> None:
-  """Copies local file `src` to `dst` (local or gs://) as one write."""
-  with builtins.open(src, "rb") as f, open(dst, "wb") as out:
+  """Copies local file `src` to `dst` (local or gs://), atomically (see `writer`)."""
+  with builtins.open(src, "rb") as f, writer(dst) as out:
     shutil.copyfileobj(f, out, 1 << 22)
 
 

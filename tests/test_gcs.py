@@ -43,6 +43,11 @@ def test_storage_writes_reads_and_lists(root):
   assert storage.listdir(f"{root}/d") == ["a.json", "log.jsonl"]
   assert storage.isdir(f"{root}/d") and storage.isfile(f"{root}/d/a.json")
   assert storage.abspath(f"{root}/d") == f"{root}/d"  # Not $PWD/gs:/...
+  with pytest.raises(RuntimeError):  # An error while writing leaves no object behind.
+    with storage.writer(f"{root}/d/half.bin") as f:
+      f.write(b"half")
+      raise RuntimeError
+  assert not storage.exists(f"{root}/d/half.bin")
   storage.check_reachable(root, what="--workdir", write=True)
   with pytest.raises(storage.UnreachableError,
                      match=r"^--workdir=gs://nobucket/w: cannot reach bucket gs://nobucket "
@@ -169,19 +174,43 @@ def test_a_missing_bucket_is_one_line_before_any_work(server, tmp_path):
                         "gs://nobucket (no such bucket)\n")
 
 
-def test_link_to_gcs_output_equals_local(server, linker_workdir, tmp_path):
-  """The linker's output written to gs:// is byte for byte the local one."""
+def _upload(local_dir, remote_dir, skip=()):
+  for directory, _, names in os.walk(local_dir):
+    for name in names:
+      path = os.path.join(directory, name)
+      rel = os.path.relpath(path, local_dir)
+      if not rel.startswith(skip):
+        storage.upload_file(path, f"{remote_dir}/{rel}")
+
+
+def test_link_from_a_gcs_workdir_to_gcs_output_equals_local(server, linker_workdir,
+                                                            tmp_path):
+  """The trained linker's workdir copied to gs:// links the same texts into a gs:// output,
+  byte for byte as from the local workdir into a local file."""
   del server
   from blink_jax import link  # pylint: disable=g-import-not-at-top
   from blink_jax.inference import linker as linker_lib  # pylint: disable=g-import-not-at-top
-  linker = linker_lib.Linker.load(linker_workdir)
+  remote = f"gs://{gcs.BUCKET}/{uuid.uuid4().hex[:8]}"
+  # What the linker reads: its stage (latest checkpoint only) and the data it names.
+  latest = max(int(s) for s in os.listdir(os.path.join(linker_workdir, "linker",
+                                                       "checkpoints")) if s.isdigit())
+  _upload(os.path.join(linker_workdir, "linker"), f"{remote}/wd/linker",
+          skip=tuple(f"checkpoints/{s}" for s in range(latest)) + ("index-",))
+  _upload(os.path.join(linker_workdir, "data"), f"{remote}/wd/data")
   src = tmp_path / "in.txt"
   src.write_text("Later that year, Gegwe was seen near the river.\n\nNo one came.\n")
-  link_batch = lambda records: link.link_records(linker, records, text_field="text",
-                                                 use_worlds=False)
-  outs = [str(tmp_path / "out.jsonl"), f"gs://{gcs.BUCKET}/{uuid.uuid4().hex[:8]}/out.jsonl"]
-  for out in outs:
-    link.check_output(out, str(src))
-    link.run_stream(link_batch, input_path=str(src), output=out, fmt="text", batch_size=1,
+  storage.upload_file(str(src), f"{remote}/in.txt")
+  outputs = []
+  for workdir, source, out in ((linker_workdir, str(src), str(tmp_path / "out.jsonl")),
+                               (f"{remote}/wd", f"{remote}/in.txt", f"{remote}/out.jsonl")):
+    link.check_input(source)
+    link.check_output(out, source)
+    link.check_options(workdir=workdir, entities=None, fmt="text", output=out,
+                       evaluate=False, use_worlds=False)
+    linker = linker_lib.Linker.load(workdir)
+    link.run_stream(lambda records, linker=linker: link.link_records(
+                        linker, records, text_field="text", use_worlds=False),
+                    input_path=source, output=out, fmt="text", batch_size=1,
                     text_field="text", settings={})
-  assert storage.read_bytes(outs[1]) == storage.read_bytes(outs[0])
+    outputs.append(storage.read_bytes(out))
+  assert outputs[0].count(b"\n") == 2 and outputs[1] == outputs[0]
