@@ -40,6 +40,7 @@ import uuid
 from collections.abc import Iterator
 from typing import IO, Any
 
+import fsspec
 from etils import epath
 
 from blink_jax import cli
@@ -55,6 +56,11 @@ class _NoBucketTypeNoise(logging.Filter):
 
 
 logging.getLogger("gcsfs").addFilter(_NoBucketTypeNoise())
+
+# gcsfs caches directory listings forever by default; other writers (Orbax's TensorStore,
+# the other hosts of a pod) would go unseen: a checkpoint would look absent. Listing anew
+# costs one request.
+fsspec.config.conf.setdefault("gcs", {})["use_listings_cache"] = False
 
 
 class UnreachableError(cli.UserError, OSError):
