@@ -28,14 +28,15 @@ emulator (the tests use one).
 
 from __future__ import annotations
 
+import atexit
 import builtins
 import contextlib
 import json
 import logging
 import os
+import pathlib
 import shutil
 import tempfile
-import atexit
 import uuid
 from collections.abc import Iterator
 from typing import IO, Any
@@ -77,6 +78,11 @@ def path(p: PathLike) -> epath.Path:
   return epath.Path(os.fspath(p))
 
 
+def path_object(p: PathLike) -> pathlib.Path | epath.Path:
+  """`p` as a pathlib.Path when local (as callers have always had it), else an epath.Path."""
+  return path(p) if is_remote(p) else pathlib.Path(p)
+
+
 def abspath(p: PathLike) -> str:
   """The absolute form of a local path; a URL as it is."""
   p = os.fspath(p)
@@ -85,7 +91,7 @@ def abspath(p: PathLike) -> str:
 
 def open(p: PathLike, mode: str = "r", encoding: str | None = None) -> IO[Any]:  # pylint: disable=redefined-builtin
   """Opens a local or gs:// file. On GCS a file opened for writing becomes visible, whole,
-  when it is closed."""
+  when it is closed, even after an error: `writer` is the atomic way to write one."""
   if "b" in mode:
     return path(p).open(mode)
   return path(p).open(mode, encoding=encoding or "utf-8")
@@ -260,7 +266,8 @@ def upload_file(src: str, dst: PathLike) -> None:
     shutil.copyfileobj(f, out, 1 << 22)
 
 
-_DOWNLOADS: dict[tuple[str, int, int], str] = {}
+_DOWNLOADS: dict[tuple[str, int, int], str] = {}  # (URL, size, mtime) -> local copy.
+_DOWNLOAD_DIR: list[str] = []  # Made on first use, deleted at exit.
 
 
 def local_file(p: PathLike) -> str:
@@ -271,11 +278,10 @@ def local_file(p: PathLike) -> str:
     return p
   key = (p, *getsize_and_mtime(p))
   if key not in _DOWNLOADS:
-    if not _DOWNLOADS:
-      directory = tempfile.mkdtemp(prefix="blink_jax.data.")
-      atexit.register(shutil.rmtree, directory, ignore_errors=True)
-      _DOWNLOADS[("", 0, 0)] = directory
-    local = os.path.join(_DOWNLOADS[("", 0, 0)], f"{len(_DOWNLOADS)}-{os.path.basename(p)}")
+    if not _DOWNLOAD_DIR:
+      _DOWNLOAD_DIR.append(tempfile.mkdtemp(prefix="blink_jax.data."))
+      atexit.register(shutil.rmtree, _DOWNLOAD_DIR[0], ignore_errors=True)
+    local = os.path.join(_DOWNLOAD_DIR[0], f"{len(_DOWNLOADS)}-{os.path.basename(p)}")
     path(p).copy(local, overwrite=True)
     _DOWNLOADS[key] = local
   return _DOWNLOADS[key]

@@ -25,7 +25,7 @@ import dataclasses
 import functools
 import json
 import math
-from etils.epath import Path  # Local or gs:// (see storage.py).
+from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
@@ -459,7 +459,7 @@ def write(corpus: SyntheticCorpus, out_dir: str | Path) -> dict[str, Path]:
   The manifest goes last, so an interrupted write is seen as absent by ensure_written.
   Returns {"entities": path, "train_mentions": path, ...}.
   """
-  out_dir = Path(out_dir)
+  out_dir = storage.path_object(out_dir)
   paths = {key: out_dir / name for key, name in FILES.items()}
   for key, path in paths.items():
     write_jsonl(path, getattr(corpus, key))
@@ -469,7 +469,7 @@ def write(corpus: SyntheticCorpus, out_dir: str | Path) -> dict[str, Path]:
 
 def ensure_written(cfg: SyntheticConfig, out_dir: str | Path) -> dict[str, Path]:
   """Generates and writes the corpus unless out_dir already holds this exact config's files."""
-  out_dir = Path(out_dir)
+  out_dir = storage.path_object(out_dir)
   paths = {key: out_dir / name for key, name in FILES.items()}
   manifest = out_dir / MANIFEST
   fresh = (manifest.is_file() and manifest.read_text(encoding="utf-8") == _manifest(cfg)
