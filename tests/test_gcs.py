@@ -172,6 +172,10 @@ def test_a_missing_bucket_is_one_line_before_any_work(server, tmp_path):
   assert out.returncode == 1
   assert out.stderr == ("error: --output=gs://nobucket/o.jsonl: cannot reach bucket "
                         "gs://nobucket (no such bucket)\n")
+  out = _cli("blink_jax.serve", "--workdir=gs://nobucket/wd", url=server)
+  assert out.returncode == 1
+  assert out.stderr == ("error: --workdir=gs://nobucket/wd: cannot reach bucket "
+                        "gs://nobucket (no such bucket)\n")
 
 
 def _upload(local_dir, remote_dir, skip=()):
