@@ -29,6 +29,10 @@ INSTALL_REQUIRES = [
     "uvicorn==0.55.0",
     # The spaCy pipeline component (blink_jax/spacy_component.py, "blink_jax_linker").
     "spacy==3.8.18",
+    # gs:// paths (blink_jax/storage.py): etils.epath reads and writes them with gcsfs.
+    "etils[epath]==1.15.0",
+    "gcsfs==2026.10.1",
+    "fsspec==2026.9.0",
 ]
 
 # The test suite compares against PyTorch's BertModel. The pretrained MiniLM
@@ -42,6 +46,7 @@ TEST_REQUIRES = [
     "ipykernel>=6.29",
     "matplotlib>=3.8",
     "httpx==0.29.0",  # The server's tests and bench/serve.py talk HTTP with it.
+    "gcp-storage-emulator==2026.7.19",  # A local GCS server for tests/test_gcs.py.
 ]
 
 setuptools.setup(

@@ -28,6 +28,7 @@ import orbax.checkpoint as ocp
 from absl import logging
 
 from blink_jax import config_utils
+from blink_jax import storage
 from blink_jax import workdir as workdir_lib
 
 ITEMS = ("params", "opt_state", "meta", "arrays")
@@ -68,7 +69,7 @@ class Checkpointer:
 
   def __init__(self, directory: str, *, every: int, keep: int | None,
                fingerprint: Mapping[str, Any], async_save: bool = True):
-    self.directory = os.path.abspath(directory)
+    self.directory = storage.abspath(directory)  # A gs:// URL as it is: Orbax writes there.
     # JSON round trip: tuples become lists, as they will be when read back.
     self.fingerprint = json.loads(json.dumps(config_utils.flatten(fingerprint), default=str))
     self.every = every
@@ -135,7 +136,7 @@ class Checkpointer:
 
 def read_meta(directory: str) -> dict[str, Any] | None:
   """The JSON meta of the latest checkpoint in `directory`, or None if there is none."""
-  if not os.path.isdir(directory):
+  if not storage.isdir(directory):
     return None
   manager = _manager(directory)
   try:
@@ -175,7 +176,7 @@ def save_arrays(path: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, 
   """
   ckpt = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
   try:
-    ckpt.save(os.path.abspath(path), args=ocp.args.Composite(
+    ckpt.save(storage.abspath(path), args=ocp.args.Composite(
         arrays=ocp.args.StandardSave(dict(arrays)), meta=ocp.args.JsonSave(dict(meta))),
         force=True)
   finally:
@@ -184,11 +185,11 @@ def save_arrays(path: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, 
 
 def arrays_meta(path: str) -> dict[str, Any] | None:
   """The JSON meta stored with the arrays at `path`; None if there are none."""
-  if not os.path.isdir(path):
+  if not storage.isdir(path):
     return None
   ckpt = ocp.Checkpointer(ocp.CompositeCheckpointHandler())
   try:
-    return ckpt.restore(os.path.abspath(path),
+    return ckpt.restore(storage.abspath(path),
                         args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
   finally:
     ckpt.close()
@@ -207,7 +208,7 @@ def load_arrays(path: str, meta: Mapping[str, Any]) -> dict[str, np.ndarray] | N
     if theirs != json.loads(json.dumps(dict(meta), sort_keys=True)):
       logging.info("%s was made by another model or data (%s); recomputing.", path, theirs)
       return None
-    arrays = ckpt.restore(os.path.abspath(path),
+    arrays = ckpt.restore(storage.abspath(path),
                           args=ocp.args.Composite(arrays=ocp.args.StandardRestore()))["arrays"]
     return {k: np.asarray(v) for k, v in arrays.items()}
   except Exception as e:  # pylint: disable=broad-except

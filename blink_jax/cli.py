@@ -73,7 +73,8 @@ def quiet_library_logs() -> None:
 class _QuietLibraries(logging.Filter):
   """Keeps warnings and errors, and the INFO lines of everything but the noisy libraries."""
 
-  NOISY_PATHS = ("/orbax/", "/tensorboardX/")  # Orbax logs every save and restore in detail.
+  # Orbax logs every save and restore in detail; gcsfs and fsspec their settings.
+  NOISY_PATHS = ("/orbax/", "/tensorboardX/", "/gcsfs/", "/fsspec/")
 
   def filter(self, record: logging.LogRecord) -> bool:
     if record.levelno >= logging.WARNING:

@@ -40,9 +40,11 @@ from jax.sharding import Mesh
 from blink_jax import exact_search
 from blink_jax import scann_search
 from blink_jax import sharding
+from blink_jax import storage
 
 FORMAT = 1
 MANIFEST = "manifest.json"
+SAVING = ".saving"  # A gs:// index being uploaded (see _publish).
 BACKENDS = ("auto", "exact", "scann")
 SCANN_FROM = 2_000_000  # "auto": ScaNN from this many rows.
 EXACT_HEADROOM = 0.25   # Spare device rows for entities added later.
@@ -321,11 +323,28 @@ class Index:
     Every process must call it (the exact back end's rows are gathered with
     collectives); process 0 writes. An existing directory is replaced only if
     it is an index (has a manifest), so a mistyped path cannot wipe a workdir.
+    A gs:// index is written to a local directory first and then uploaded,
+    manifest last (`_publish`): there a reader may find no index while it is
+    written, but never an index whose files do not match its manifest.
     """
-    directory = os.path.abspath(directory)
-    if os.path.isdir(directory) and os.listdir(directory) and not os.path.exists(
-        os.path.join(directory, MANIFEST)):
+    directory = storage.abspath(directory)
+    marks = (MANIFEST, SAVING) if storage.is_remote(directory) else (MANIFEST,)
+    if storage.isdir(directory) and storage.listdir(directory) and not any(
+        storage.exists(os.path.join(directory, n)) for n in marks):
       raise IndexLoadError(f"{directory} exists and is not an index; not replacing it.")
+    if not storage.is_remote(directory):
+      self._save_local(directory)
+    else:
+      with tempfile.TemporaryDirectory(prefix="blink_jax.index.") as tmp:
+        staged = os.path.join(tmp, "index")
+        self._save_local(staged)
+        if jax.process_index() == 0:
+          _publish(staged, directory)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f"index_saved:{directory}")
+
+  def _save_local(self, directory: str) -> None:
+    """`save` to a local directory: written beside it, then renamed into place."""
     writer = jax.process_index() == 0
     parent = os.path.dirname(directory)
     tmp = None
@@ -349,8 +368,6 @@ class Index:
       if tmp:
         shutil.rmtree(tmp, ignore_errors=True)
       raise
-    if jax.process_count() > 1:
-      multihost_utils.sync_global_devices(f"index_saved:{directory}")
 
   def _write_rows(self, live: np.ndarray, tmp: str | None) -> None:
     """Streams the live stored rows into tmp/vectors.npy (process 0 writes)."""
@@ -407,7 +424,24 @@ class Index:
   @classmethod
   def load(cls, directory: str, *, expect_model: dict | None = None,
            mesh: Mesh | None = None, verify: bool = True) -> "Index":
-    """Reads a saved index; refuses corrupt, truncated or mismatched ones."""
+    """Reads a saved index; refuses corrupt, truncated or mismatched ones.
+
+    A gs:// index is downloaded to a temporary directory and read from there (the exact
+    back end memory-maps its vectors); errors name the gs:// path.
+    """
+    if not storage.is_remote(directory):
+      return cls._load_local(directory, expect_model=expect_model, mesh=mesh, verify=verify)
+    if not storage.exists(os.path.join(directory, MANIFEST)):
+      raise IndexLoadError(f"{directory} is not an index: no {MANIFEST}.")
+    with storage.local_copy(directory) as local:
+      try:
+        return cls._load_local(local, expect_model=expect_model, mesh=mesh, verify=verify)
+      except IndexLoadError as e:
+        raise IndexLoadError(str(e).replace(local, directory.rstrip("/"))) from None
+
+  @classmethod
+  def _load_local(cls, directory: str, *, expect_model: dict | None,
+                  mesh: Mesh | None, verify: bool) -> "Index":
     path = os.path.join(directory, MANIFEST)
     try:
       with open(path) as f:
@@ -458,6 +492,32 @@ class Index:
       index._scann = scann_search.ScannSearch.load(os.path.join(directory, "scann"),
                                                     params, m["storage"])
     return index
+
+
+def _publish(staged: str, directory: str) -> None:
+  """Uploads the index in local directory `staged` to gs:// `directory`, replacing it.
+
+  GCS has no directory rename. So: a marker says an index is being written (a later save
+  may replace a half-written one; `load` finds no manifest and refuses it), the old
+  manifest and files go, the new files are uploaded, the manifest last, then the marker.
+  """
+  marker = os.path.join(directory, SAVING)
+  storage.atomic_write(marker, b"")
+  storage.remove(os.path.join(directory, MANIFEST))  # First: never paired with new files.
+  for name in storage.listdir(directory):
+    if name != SAVING:
+      target = os.path.join(directory, name)
+      if storage.isdir(target):
+        storage.rmtree(target)
+      else:
+        storage.remove(target)
+  for root, _, names in os.walk(staged):
+    for name in names:
+      if name != MANIFEST:
+        local = os.path.join(root, name)
+        storage.upload_file(local, os.path.join(directory, os.path.relpath(local, staged)))
+  storage.upload_file(os.path.join(staged, MANIFEST), os.path.join(directory, MANIFEST))
+  storage.remove(marker)
 
 
 def _entity_columns(n: int, keys: Sequence | None, urls: Sequence | None

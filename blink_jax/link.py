@@ -36,6 +36,7 @@ from absl import logging
 
 from blink_jax import cli
 from blink_jax import link_io
+from blink_jax import storage
 
 if TYPE_CHECKING:  # Imported when used: see MODES.
   from blink_jax.inference.linker import Linker
@@ -85,11 +86,12 @@ def check_input(path: str | None) -> None:
   """A file input must exist and be readable (stdin needs nothing)."""
   if path in (None, STDIN):
     return
-  if not os.path.exists(path):
+  storage.check_reachable(path, what="--input")
+  if not storage.exists(path):
     raise cli.UserError(f"--input={path}: no such file")
-  if not os.path.isfile(path):
+  if not storage.isfile(path):
     raise cli.UserError(f"--input={path}: not a file")
-  if not os.access(path, os.R_OK):
+  if not storage.is_remote(path) and not os.access(path, os.R_OK):
     raise cli.UserError(f"--input={path}: not readable")
 
 
@@ -100,10 +102,13 @@ def check_output(path: str | None, input_path: str | None) -> None:
     return
   if path == STDIN:
     raise cli.UserError("--output=-: leave --output out to write to stdout")
-  if os.path.isdir(path):
+  storage.check_reachable(path, what="--output", write=True)
+  if storage.isdir(path):
     raise cli.UserError(f"--output={path}: is a directory")
   if input_path not in (None, STDIN) and _same_file(path, input_path):
     raise cli.UserError(f"--output={path} is the input file: linking would overwrite it")
+  if storage.is_remote(path):
+    return
   parent = _existing_parent(os.path.dirname(os.path.abspath(path)))
   if not os.access(parent, os.W_OK):
     raise cli.UserError(f"--output={path}: cannot write in {parent}")
@@ -112,9 +117,12 @@ def check_output(path: str | None, input_path: str | None) -> None:
 def check_options(*, workdir: str, entities: str | None, fmt: str, output: str | None,
                   evaluate: bool, use_worlds: bool) -> None:
   """The options that need no model: a workdir, a catalogue, and what needs jsonl or a file."""
-  if not os.path.isdir(workdir):
+  storage.check_reachable(workdir, what="--workdir")
+  if not storage.isdir(workdir):
     raise cli.UserError(f"--workdir={workdir}: no such directory")
-  if entities and not os.path.isfile(entities):
+  if entities:
+    storage.check_reachable(entities, what="--entities")
+  if entities and not storage.isfile(entities):
     raise cli.UserError(f"--entities={entities}: no such file")
   if evaluate and (output is None or fmt != "jsonl"):
     raise cli.UserError("--evaluate needs jsonl input with gold \"mentions\" and an --output "
@@ -124,6 +132,8 @@ def check_options(*, workdir: str, entities: str | None, fmt: str, output: str |
 
 
 def _same_file(a: str, b: str) -> bool:
+  if storage.is_remote(a) or storage.is_remote(b):
+    return a == b
   if os.path.exists(a) and os.path.exists(b):
     return os.path.samefile(a, b)  # Also through links.
   return os.path.realpath(a) == os.path.realpath(b)
@@ -164,7 +174,7 @@ def evaluate_output(path: str) -> dict:
   """P/R/F1 of a linked jsonl whose lines carry gold "mentions" (lines without are skipped)."""
   from blink_jax import span_metrics  # pylint: disable=g-import-not-at-top
   totals, n = {}, 0
-  with open(path, encoding="utf-8") as f:
+  with storage.open(path, encoding="utf-8") as f:
     for line in f:
       doc = json.loads(line)
       if "mentions" not in doc:
@@ -185,7 +195,7 @@ def run_stream(link_batch: link_io.LinkBatch, *, input_path: str | None, output:
   if input_path in (None, STDIN):
     source, name = sys.stdin.buffer, "<stdin>"
   else:
-    source, name = open(input_path, "rb"), input_path  # pylint: disable=consider-using-with
+    source, name = storage.open(input_path, "rb"), input_path  # pylint: disable=consider-using-with
   with source:
     if output is None:
       return link_io.stream_pipe(source, sys.stdout.buffer, link_batch, name=name, **kwargs)
@@ -247,7 +257,7 @@ def main(argv: list[str]) -> None:
       input_path=FLAGS.input, output=FLAGS.output, fmt=fmt, text_field=FLAGS.text_field,
       # Typed texts are linked one by one, as they come, not once a batch is full.
       batch_size=1 if from_terminal else FLAGS.batch_size,
-      settings={"workdir": os.path.abspath(FLAGS.workdir), "mode": FLAGS.mode,
+      settings={"workdir": storage.abspath(FLAGS.workdir), "mode": FLAGS.mode,
                 "entities": FLAGS.entities, "skip_bad": FLAGS.skip_bad,
                 "use_worlds": FLAGS.use_worlds, "overrides": overrides})
   # stdout carries the linked lines when there is no --output.

@@ -28,6 +28,12 @@ Guarantees:
   finished batches are not linked again. Anything else (no state, an unreadable state, a
   changed input, a partial file shorter than recorded) starts over, with a log line saying
   why.
+* A gs:// output (see storage.py) keeps these guarantees, though GCS objects cannot be
+  appended to or renamed: there `.partial` is a prefix holding one object per batch, named
+  by the output byte offset where it starts (each one upload, atomic), the state is one
+  object, and at the end the batches are concatenated into `output_path` in one upload
+  (constant memory: a batch at a time). Resume keeps the batches before the recorded size.
+  A gs:// input is read the same way as a local one (in binary, with seeks).
 * An existing complete `output_path` is not a reason to skip work: a new run links everything
   again and replaces it at the end (until then the old file stays as it was).
 """
@@ -45,6 +51,7 @@ from collections.abc import Iterator
 from typing import Any, BinaryIO, Callable
 
 from blink_jax import progress as progress_lib
+from blink_jax import storage
 # _field is jsonl's field check: reusing it keeps the reasons ("missing_field", "bad_field")
 # and messages the same as every other reader's.
 from blink_jax.data.jsonl import (LineError, PathLike, _field, decode_line, decode_utf8,
@@ -97,7 +104,7 @@ def iter_input(path: PathLike, *, text_field: str = "text", input_format: str = 
   Reading starts at byte `offset`, which is line `lineno` + 1. Bad lines are logged, counted
   in `stats` and skipped. A generator: one line in memory at a time.
   """
-  with open(path, "rb") as f:
+  with storage.open(path, "rb") as f:
     f.seek(offset)
     for obj, lineno, offset in _lines(f, path, parser(input_format, text_field), offset,
                                       lineno, stats):
@@ -123,7 +130,7 @@ def _lines(f: BinaryIO, name: PathLike, parse: ParseLine, offset: int, lineno: i
 
 def count_texts(path: PathLike) -> int:
   """The lines of `path` that are not blank: the texts (good or bad) a run will go through."""
-  with open(path, "rb") as f:
+  with storage.open(path, "rb") as f:
     # bytes.strip() removes less than str.strip(), so this never counts fewer texts than
     # the readers find; a line of only non-ASCII spaces is the one it counts and they skip.
     return sum(1 for raw in f if raw.strip())
@@ -131,27 +138,22 @@ def count_texts(path: PathLike) -> int:
 
 def _fingerprint(path: PathLike, input_format: str, text_field: str,
                  settings: Any) -> dict[str, Any]:
-  st = os.stat(path)
+  size, mtime_ns = storage.getsize_and_mtime(path)
   # Through JSON, so that it compares equal to the copy read back from the state.
-  return {"input_size": st.st_size, "input_mtime_ns": st.st_mtime_ns,
+  return {"input_size": size, "input_mtime_ns": mtime_ns,
           "input_format": input_format, "text_field": text_field,
           "settings": json.loads(json.dumps(settings, sort_keys=True))}
 
 
 def _save_state(path: str, state: dict[str, Any]) -> None:
-  # fsync before the rename: the state must never claim output bytes the disk may not have.
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(state, f, sort_keys=True)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
+  # Locally fsynced before the rename: the state must never claim output bytes the disk may
+  # not have (storage.atomic_write).
+  storage.atomic_write_text(path, json.dumps(state, sort_keys=True))
 
 
 def _load_state(path: str) -> dict[str, Any] | None:
   try:
-    with open(path, encoding="utf-8") as f:
-      state = json.load(f)
+    state = storage.read_json(path)
   except FileNotFoundError:
     return None
   except (OSError, ValueError) as e:
@@ -160,17 +162,101 @@ def _load_state(path: str) -> dict[str, Any] | None:
   return state if isinstance(state, dict) else None
 
 
-def _resumable(state: dict[str, Any] | None, partial: str,
+class _LocalPartial:
+  """The partial output as one local file, appended to and fsynced a batch at a time."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self._file: BinaryIO | None = None
+
+  def exists(self) -> bool:
+    return os.path.exists(self.path)
+
+  def size(self, recorded: int) -> int:
+    del recorded
+    return os.path.getsize(self.path)
+
+  def open(self, out_bytes: int, resume: bool) -> None:
+    self._file = open(self.path, "r+b" if resume else "wb")  # pylint: disable=consider-using-with
+    self._file.truncate(out_bytes)  # Drops a tail written after the last saved state.
+    self._file.seek(out_bytes)
+
+  def write(self, data: bytes, start: int) -> None:
+    """Appends one batch, durably."""
+    del start
+    self._file.write(data)
+    self._file.flush()
+    os.fsync(self._file.fileno())
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+
+  def finish(self, output_path: str, out_bytes: int) -> None:
+    del out_bytes
+    os.replace(self.path, output_path)
+
+
+class _RemotePartial:
+  """The partial output on GCS: one object per batch under `path`/, named by its start."""
+
+  def __init__(self, path: str):
+    self.path = path
+
+  def _parts(self) -> list[tuple[int, str]]:
+    if not storage.isdir(self.path):
+      return []
+    return sorted((int(n), os.path.join(self.path, n)) for n in storage.listdir(self.path)
+                  if n.isdigit())
+
+  def exists(self) -> bool:
+    return bool(self._parts())
+
+  def size(self, recorded: int) -> int:
+    """The bytes of the unbroken run of batches from 0 that the state recorded."""
+    end = 0
+    for start, part in self._parts():
+      if start >= recorded or start != end:
+        break
+      end += storage.size(part)
+    return end
+
+  def open(self, out_bytes: int, resume: bool) -> None:
+    for start, part in self._parts():
+      if not resume or start >= out_bytes:  # Batches after the last saved state.
+        storage.remove(part)
+
+  def write(self, data: bytes, start: int) -> None:
+    storage.atomic_write(os.path.join(self.path, f"{start:016d}"), data)
+
+  def close(self) -> None:
+    pass
+
+  def finish(self, output_path: str, out_bytes: int) -> None:
+    # One upload, visible whole when it is finished; a batch in memory at a time.
+    with storage.writer(output_path) as out:
+      for start, part in self._parts():
+        if start < out_bytes:
+          out.write(storage.read_bytes(part))
+    storage.rmtree(self.path)
+
+
+def _partial(output_path: str) -> _LocalPartial | _RemotePartial:
+  partial = output_path + ".partial"
+  return _RemotePartial(partial) if storage.is_remote(partial) else _LocalPartial(partial)
+
+
+def _resumable(state: dict[str, Any] | None, partial: _LocalPartial | _RemotePartial,
                fingerprint: dict[str, Any]) -> str | None:
   """None when the partial output can be continued, else why not (for the log)."""
-  if state is None or not os.path.exists(partial):
+  if state is None or not partial.exists():
     return "no earlier run to resume" if state is None else "no partial output"
   if state.get("version") != _STATE_VERSION:
     return f"state version {state.get('version')!r} != {_STATE_VERSION}"
   if {k: state.get(k) for k in fingerprint} != fingerprint:
     return ("the input (size, mtime, format or text field) or the linker's settings changed "
             "since the earlier run")
-  if os.path.getsize(partial) < state["output_bytes"]:
+  if partial.size(state["output_bytes"]) < state["output_bytes"]:
     return "the partial output is shorter than recorded"
   return None
 
@@ -189,7 +275,7 @@ def stream(input_path: PathLike, output_path: PathLike, link_batch: LinkBatch, *
     raise ValueError(f"batch_size must be >= 1, got {batch_size}")
   parse = parser(input_format, text_field)
   output_path = os.fspath(output_path)
-  partial, state_path = output_path + ".partial", output_path + ".progress"
+  partial, state_path = _partial(output_path), output_path + ".progress"
   fingerprint = _fingerprint(input_path, input_format, text_field, settings)
   state = _load_state(state_path)
   why_not = _resumable(state, partial, fingerprint)
@@ -202,13 +288,12 @@ def stream(input_path: PathLike, output_path: PathLike, link_batch: LinkBatch, *
     log.info("%s: resuming at input line %d (%d records linked)", output_path, lines + 1,
              stats.linked)
   else:
-    if state is not None or os.path.exists(partial):
+    if state is not None or partial.exists():
       log.info("%s: starting over: %s", output_path, why_not)
     # The old state goes first: it must never be paired with the new partial file.
-    if os.path.exists(state_path):
-      os.unlink(state_path)
+    storage.remove(state_path)
     offset = lines = out_bytes = 0
-  os.makedirs(os.path.dirname(os.path.abspath(output_path)), exist_ok=True)
+  storage.makedirs(os.path.dirname(storage.abspath(output_path)))
 
   def save(offset: int, lines: int, out_bytes: int) -> None:
     _save_state(state_path, {**fingerprint, "version": _STATE_VERSION, "input_offset": offset,
@@ -219,24 +304,24 @@ def stream(input_path: PathLike, output_path: PathLike, link_batch: LinkBatch, *
   total = count_texts(input_path) if progress else 0
   bar = progress_lib.progress(total, initial=stats.linked + stats.skipped, desc="linking",
                               unit="text", disable=not progress)
-  with (open(input_path, "rb") as source, open(partial, "r+b" if why_not is None else "wb")
-        as out, bar):
+  partial.open(out_bytes, resume=why_not is None)
+  with storage.open(input_path, "rb") as source, contextlib.closing(partial), bar:
     source.seek(offset)
-    out.truncate(out_bytes)  # Drops a tail written after the last saved state.
-    out.seek(out_bytes)
     if why_not is not None:
       save(offset, lines, out_bytes)
     # Each batch comes right after its last line is read, so the state saved after it
     # describes exactly the lines read so far: its counts and its position agree.
     for batch, lines, offset in _batches(
         _lines(source, input_path, parse, offset, lines, stats), batch_size):
-      out_bytes += _write_batch(out, batch, link_batch)
+      data = _encode_batch(batch, link_batch)
+      partial.write(data, out_bytes)
+      out_bytes += len(data)
       stats.linked += len(batch)
       save(offset, lines, out_bytes)
       bar.update(stats.linked + stats.skipped - bar.n)
     bar.update(max(bar.total - bar.n, 0))  # Trailing bad lines, lines of only odd spaces.
-  os.replace(partial, output_path)
-  os.unlink(state_path)
+  partial.finish(output_path, out_bytes)
+  storage.remove(state_path)
   _log_done(output_path, stats)
   return stats
 
@@ -269,8 +354,15 @@ def replaced_when_done(path: PathLike) -> Iterator[BinaryIO]:
 
   For output that cannot be resumed (from a pipe): `path` only ever holds a complete output,
   and its `.partial` and `.progress` files, which a resumable run may own, are left alone.
+  A gs:// `path` is written to a local temporary file first, then uploaded in one go.
   """
   path = os.fspath(path)
+  if storage.is_remote(path):
+    with tempfile.NamedTemporaryFile(prefix="blink_jax.", suffix=".tmp") as f:
+      yield f
+      f.flush()
+      storage.upload_file(f.name, path)
+    return
   directory = os.path.dirname(os.path.abspath(path))
   os.makedirs(directory, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
@@ -307,15 +399,6 @@ def _log_done(output: str, stats: StreamStats) -> None:
   log.info("%s written: %d record%s linked, %d bad line%s skipped%s", output, stats.linked,
            "" if stats.linked == 1 else "s", stats.skipped, "" if stats.skipped == 1 else "s",
            f" ({dict(sorted(stats.reasons.items()))})" if stats.skipped else "")
-
-
-def _write_batch(out: BinaryIO, batch: list[dict], link_batch: LinkBatch) -> int:
-  """Links and appends one batch, durably; returns the bytes written."""
-  data = _encode_batch(batch, link_batch)
-  out.write(data)
-  out.flush()
-  os.fsync(out.fileno())
-  return len(data)
 
 
 def _encode_batch(batch: list[dict], link_batch: LinkBatch) -> bytes:

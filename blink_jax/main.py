@@ -16,6 +16,7 @@ import ml_collections
 from ml_collections import config_flags
 
 from blink_jax import cli
+from blink_jax import storage
 from blink_jax.data import sources
 from blink_jax.models import bert_checkpoint
 
@@ -52,6 +53,22 @@ def check(config) -> None:
   sources.check(config)
 
 
+def check_storage(config, workdir: str) -> None:
+  """Fails with one line when a gs:// path the run writes is on a missing or unreachable
+  bucket (or one it cannot write to): before any work, not at the first checkpoint."""
+  storage.check_reachable(workdir, what="--workdir", write=True)
+  for key, path in (("data.dir", config.data.get("dir")), ("index.dir", config.index.get("dir"))):
+    if path:
+      storage.check_reachable(path, what=f"--config.{key}", write=True)
+  if config.data.kind == "zeshel":
+    tfds_dir = config.data.get("tfds_dir") or os.path.join(workdir, "tfds")
+    if storage.is_remote(tfds_dir) or storage.is_remote(config.data.get("zeshel_dir") or ""):
+      raise cli.UserError(
+          f"Zeshel's raw release (data.zeshel_dir) and tfds build (data.tfds_dir, default "
+          f"WORKDIR/tfds, here {tfds_dir}) must be local or shared-filesystem paths, not gs://: "
+          "set --config.data.tfds_dir=PATH")
+
+
 def run(config, workdir: str):
   """Runs `config.mode`; the same call a notebook makes."""
   check(config)
@@ -82,6 +99,7 @@ def main(argv):
   # Before the config is logged: logging it reads each encoder's shape, which for a hub
   # encoder (Zeshel's bert-base-uncased) means a download, and offline a network error.
   check(config)
+  check_storage(config, FLAGS.workdir)
   import jax  # pylint: disable=g-import-not-at-top
   if FLAGS.jax_distributed or FLAGS.coordinator_address:
     # CPU processes (tests, laptops) need a collectives backend; accelerators

@@ -2,7 +2,9 @@
 
 Only process 0 writes; every other process gets a writer that does nothing,
 so callers never branch on the process index. metrics.json is replaced
-atomically, so a reader (or a killed run) never sees half a file.
+atomically, so a reader (or a killed run) never sees half a file. A gs://
+workdir works the same (see storage.py); there TensorBoard writes its event
+files to a local directory, and each flush uploads them.
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ import json
 import math
 import os
 import re
+import shutil
+import tempfile
 from typing import Any, Mapping
 
 import jax
 
 from blink_jax import config_utils
+from blink_jax import storage
 
 
 def _scalars(tree: Mapping[str, Any]) -> dict[str, float]:
@@ -57,12 +62,8 @@ def _jsonable(x):
 
 
 def atomic_write_json(path: str, obj: Any) -> None:
-  """Writes JSON to a temp file beside `path`, then renames it into place."""
-  tmp = f"{path}.tmp.{os.getpid()}"
-  with open(tmp, "w", encoding="utf-8") as f:
-    json.dump(_jsonable(obj), f, indent=2, sort_keys=True)
-    f.write("\n")
-  os.replace(tmp, path)
+  """Writes JSON so that a reader sees the old file or the new one (storage.atomic_write)."""
+  storage.atomic_write_text(path, json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
 
 
 class MetricWriter:
@@ -73,14 +74,27 @@ class MetricWriter:
     self.active = jax.process_index() == 0
     self._tb = None
     self._tag_names: dict[str, str] = {}  # TensorBoard tag -> the name it shows.
+    # tensorboardX cannot write to gs://: its event files are written here and uploaded.
+    self._tb_local = None
     if self.active:
-      os.makedirs(workdir, exist_ok=True)
+      storage.makedirs(workdir)
 
   def _board(self):
     if self._tb is None:
       from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
-      self._tb = SummaryWriter(os.path.join(self.workdir, "tensorboard"))
+      directory = os.path.join(self.workdir, "tensorboard")
+      if storage.is_remote(directory):
+        self._tb_local = tempfile.mkdtemp(prefix="blink_jax.tensorboard.")
+        directory = self._tb_local
+      self._tb = SummaryWriter(directory)
     return self._tb
+
+  def _flush_board(self) -> None:
+    self._tb.flush()
+    if self._tb_local:  # Each event file is uploaded whole: one atomic object write.
+      for name in os.listdir(self._tb_local):
+        storage.upload_file(os.path.join(self._tb_local, name),
+                            os.path.join(self.workdir, "tensorboard", name))
 
   def scalars(self, step: int, values: Mapping[str, Any]) -> None:
     """Logs a (nested) dict of scalars at `step`."""
@@ -93,9 +107,9 @@ class MetricWriter:
       # of -inf) and warns on each; metrics.jsonl keeps it, as null.
       if math.isfinite(v):
         board.add_scalar(self._tag(name), v, step)
-    board.flush()
-    with open(os.path.join(self.workdir, "metrics.jsonl"), "a", encoding="utf-8") as f:
-      f.write(json.dumps(_jsonable({"step": step, **flat})) + "\n")
+    self._flush_board()
+    storage.append(os.path.join(self.workdir, "metrics.jsonl"),
+                   (json.dumps(_jsonable({"step": step, **flat})) + "\n").encode("utf-8"))
 
   def _tag(self, name: str) -> str:
     # Two names that sanitize alike ("a b", "a_b") must not share a series:
@@ -110,14 +124,14 @@ class MetricWriter:
     if not self.active:
       return
     path = os.path.join(self.workdir, "metrics.json")
-    current = {}
-    if os.path.exists(path):
-      with open(path, encoding="utf-8") as f:
-        current = json.load(f)
+    current = storage.read_json(path) if storage.exists(path) else {}
     current[section] = values
     atomic_write_json(path, current)
     self.scalars(step, {section: values})
 
   def close(self) -> None:
     if self._tb is not None:
+      self._flush_board()
       self._tb.close()
+    if self._tb_local:
+      shutil.rmtree(self._tb_local, ignore_errors=True)

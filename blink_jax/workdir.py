@@ -35,6 +35,7 @@ import jax
 import ml_collections
 
 from blink_jax import config_utils
+from blink_jax import storage
 from blink_jax.metric_writer import atomic_write_json
 
 
@@ -119,18 +120,17 @@ def save_config(workdir: str, stage: str, config: ml_collections.ConfigDict) -> 
   """Stores the config a stage runs with (process 0; atomic)."""
   if jax.process_index() != 0:
     return
-  os.makedirs(stage_dir(workdir, stage), exist_ok=True)
+  storage.makedirs(stage_dir(workdir, stage))
   atomic_write_json(os.path.join(stage_dir(workdir, stage), CONFIG), config.to_dict())
 
 
 def load_config(workdir: str, stage: str) -> ml_collections.ConfigDict:
   """The config stage `stage` was trained with, as it stored it."""
   path = os.path.join(stage_dir(workdir, stage), CONFIG)
-  if not os.path.exists(path):
+  if not storage.exists(path):
     raise FileNotFoundError(f"No {stage} in {workdir} ({path} is missing): train it first "
                             f"(--config.mode={MODE_OF[stage]}).")
-  with open(path, encoding="utf-8") as f:
-    return ml_collections.ConfigDict(json.load(f))
+  return ml_collections.ConfigDict(storage.read_json(path))
 
 
 # What a stage built on a bi-encoder takes from the bi-encoder's stored config.
@@ -158,7 +158,7 @@ def inherit(config: ml_collections.ConfigDict, upstream: ml_collections.ConfigDi
 
 def has_checkpoint(workdir: str, stage: str) -> bool:
   d = checkpoint_dir(workdir, stage)
-  return os.path.isdir(d) and any(x.isdigit() for x in os.listdir(d))
+  return storage.isdir(d) and any(x.isdigit() for x in storage.listdir(d))
 
 
 def final_biencoder(workdir: str) -> str:

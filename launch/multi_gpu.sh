@@ -37,7 +37,8 @@ Commands:
 Options:
   --config=SPEC        configs/<name>.py[:arg], relative to the repository root
   --workdir=DIR        checkpoints, metrics, TensorBoard; re-running resumes there.
-                       slurm, hosts: an absolute path every host sees
+                       slurm, hosts: an absolute path every host sees, or
+                       gs://BUCKET/PATH (Google Cloud Storage)
   --venv=DIR           the venv (local, slurm: REPO/.venv; hosts: blink_jax_venv under ~)
   --python=PY          interpreter for a new venv (default python3.11)
   --jax-extra=NAME     jax[NAME] to install (default cuda12)
@@ -51,6 +52,7 @@ Options:
   --slurm-arg=ARG      extra sbatch/srun flag (repeatable), e.g. --slurm-arg=--cpus-per-task=16
   --foreground         srun in this terminal instead of sbatch
   --log-dir=DIR        default WORKDIR/logs: %x-%j.out (batch), %x-%j-<rank>.log
+                       (required with a gs:// workdir)
  hosts:
   --hosts=H0,H1,...    ssh destinations ([user@]host), process i on host i [required]
   --coordinator=ADDR   process 0's address as the others reach it (default H0's host)
@@ -171,12 +173,9 @@ if [[ $command == setup || $command == prepare-data || $command == run ]]; then
 fi
 if [[ $command == prepare-data || $command == run ]]; then
   [[ -n $workdir ]] || usage_error "$command needs --workdir=DIR"
-  if [[ $workdir == gs://* ]]; then
-    usage_error "gs:// workdirs are not supported by blink_jax yet" \
-      "(checkpoint.py and metric_writer.py use local file APIs)"
-  fi
-  if [[ $launcher != local && $workdir != /* ]]; then
-    usage_error "--workdir must be an absolute path that every host sees, got $workdir"
+  if [[ $launcher != local && $workdir != /* && $workdir != gs://* ]]; then
+    usage_error "--workdir must be an absolute path that every host sees, or gs://BUCKET/PATH," \
+      "got $workdir"
   fi
 fi
 
@@ -203,6 +202,10 @@ fi
 if [[ $launcher == slurm && $command == run ]]; then
   [[ $nodes =~ ^[1-9][0-9]*$ ]] || usage_error "--launcher=slurm needs --nodes=N"
   [[ $gpus_per_node =~ ^[1-9][0-9]*$ ]] || usage_error "--launcher=slurm needs --gpus-per-node=G"
+  if [[ $workdir == gs://* && -z $log_dir ]]; then
+    usage_error "--launcher=slurm with a gs:// workdir needs --log-dir=DIR" \
+      "(slurm writes its logs to a filesystem)"
+  fi
   log_dir=${log_dir:-$workdir/logs}
 fi
 

@@ -32,8 +32,9 @@ Options:
   --zone=ZONE         its zone (default $ZONE)
   --project=PROJECT   GCP project (default: gcloud's configured project)
   --config=SPEC       configs/<name>.py[:arg], relative to the repository root
-  --workdir=DIR       absolute path that every worker sees (shared filesystem):
-                      checkpoints, metrics, TensorBoard; re-running resumes there
+  --workdir=DIR       gs://BUCKET/PATH, or an absolute path that every worker
+                      sees (shared filesystem): checkpoints, metrics,
+                      TensorBoard; re-running resumes there
   --code=head|worktree  what copy ships: `git archive HEAD` (default) or the
                       working tree's tracked and non-ignored files as they are
   --no-copy           run: do not ship the code first
@@ -48,7 +49,6 @@ Options:
   --lines=N           logs: how many lines (default 100)
   --gcloud-arg=ARG    extra flag for every gcloud ssh/scp (repeatable),
                       e.g. --gcloud-arg=--internal-ip
-  --allow-gs-workdir  accept a gs:// workdir (blink_jax does not support one yet)
   --dry-run           print every command instead of running it
   -h, --help          this help
 
@@ -58,7 +58,7 @@ unchanged, e.g. -- --config.train.global_batch=1024 --config.mesh.fsdp=4
 Example:
   launch/tpu_pod.sh setup --tpu=my-v4-32 --zone=us-central2-b --config=configs/zeshel.py
   launch/tpu_pod.sh run --tpu=my-v4-32 --zone=us-central2-b --config=configs/zeshel.py \
-      --workdir=/mnt/shared/zeshel_base -- --config.data.zeshel_dir=/mnt/shared/zeshel
+      --workdir=gs://my-bucket/zeshel_base -- --config.data.zeshel_dir=/mnt/shared/zeshel
 EOF
 }
 
@@ -77,7 +77,6 @@ log_dir="blink_jax_logs"
 python="python3.11"
 worker="0"
 lines=100
-allow_gs=0
 envs=()
 gcloud_args=()
 main_args=()
@@ -101,7 +100,6 @@ while (($#)); do
     --worker=*) worker=${1#*=} ;;
     --lines=*) lines=${1#*=} ;;
     --gcloud-arg=*) gcloud_args+=("${1#*=}") ;;
-    --allow-gs-workdir) allow_gs=1 ;;
     --config.*) main_args+=("$1") ;;
     --) shift; main_args+=("$@"); break ;;
     -*) usage_error "unknown option $1" ;;
@@ -131,15 +129,10 @@ if [[ $command == setup || $command == prepare-data || $command == run ]]; then
 fi
 if [[ $command == prepare-data || $command == run ]]; then
   [[ -n $workdir ]] || usage_error "$command needs --workdir=DIR"
-  if [[ $workdir == gs://* ]]; then
-    # blink_jax/checkpoint.py takes os.path.abspath of the workdir and
-    # metric_writer.py writes with open(): a gs:// path becomes a local
-    # directory named "gs:" on each host, and Orbax needs one shared directory.
-    ((allow_gs)) || usage_error "gs:// workdirs are not supported by blink_jax yet" \
-      "(checkpoint.py and metric_writer.py use local file APIs); use a filesystem" \
-      "mounted on every worker, or --allow-gs-workdir once they are"
-  elif [[ $workdir != /* ]]; then
-    usage_error "--workdir must be an absolute path that every worker sees, got $workdir"
+  # A gs:// workdir is one place every worker sees (blink_jax/storage.py).
+  if [[ $workdir != gs://* && $workdir != /* ]]; then
+    usage_error "--workdir must be gs://BUCKET/PATH or an absolute path that every worker" \
+      "sees, got $workdir"
   fi
 fi
 

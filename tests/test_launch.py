@@ -83,6 +83,12 @@ def test_tpu_run_starts_main_on_every_worker():
           "--config.train.global_batch=1024") in script
 
 
+def test_tpu_run_accepts_a_gs_workdir():
+  start = _ok(_run(TPU, "run", "--dry-run", "--tpu=t", "--zone=z", "--no-copy",
+                   "--config=configs/demo.py", "--workdir=gs://bkt/runs/r1"))[-1]
+  assert "--workdir=gs://bkt/runs/r1" in _main_argv(_remote_script(start))
+
+
 def test_tpu_setup_pins_jax_and_copies_code():
   cmds = _ok(_run(TPU, "setup", "--dry-run", "--tpu=t", "--zone=z", "--code=worktree",
                   "--config=configs/demo.py"))
@@ -173,7 +179,22 @@ def test_gpu_slurm_sbatch_runs_one_task_per_node():
                                      *OVERRIDES]
 
 
+def test_gpu_launchers_accept_a_gs_workdir():
+  (cd, cmd), = [_ok(_run(GPU, "run", "--dry-run", "--config=configs/demo.py",
+                         "--workdir=gs://bkt/w"))]
+  assert cmd[-1] == "--workdir=gs://bkt/w"
+  result = _run(GPU, "run", "--dry-run", "--launcher=slurm", "--nodes=2", "--gpus-per-node=8",
+                "--config=configs/demo.py", "--workdir=gs://bkt/w", "--log-dir=/shared/logs")
+  assert result.returncode == 0, result.stderr
+  assert "--workdir=gs://bkt/w" in result.stdout and "/shared/logs/%x-%j.out" in result.stdout
+  hosts = _ok(_run(GPU, "run", "--dry-run", "--launcher=hosts", "--hosts=a,b", "--no-copy",
+                   "--config=configs/demo.py", "--workdir=gs://bkt/w"))
+  assert all("--workdir=gs://bkt/w" in _main_argv(_remote_script(c)) for c in hosts)
+
+
 @pytest.mark.parametrize("args, message", [
+    (["run", "--launcher=slurm", "--nodes=2", "--gpus-per-node=8", "--config=configs/demo.py",
+      "--workdir=gs://bkt/w"], "needs --log-dir"),
     (["run", "--launcher=hosts", "--config=configs/demo.py", "--workdir=/w"], "needs --hosts"),
     (["run", "--launcher=slurm", "--gpus-per-node=8", "--config=configs/demo.py",
       "--workdir=/w"], "needs --nodes"),

@@ -36,6 +36,7 @@ from typing import Any, Callable, TypeVar, Union
 
 import numpy as np
 
+from blink_jax import storage
 from blink_jax.data import entity_ids as entity_ids_lib
 from blink_jax.data import records as records_lib
 from blink_jax.data.entity_ids import EntityIds, Key
@@ -340,7 +341,8 @@ def _scan(path: PathLike, parse: Callable[[dict], T], *, skip_bad: bool,
   skipped_before = stats.skipped
   reasons_before = collections.Counter(stats.reasons)
   offset = 0
-  with open(path, "rb") as f:  # Binary, so a bad byte is reported with its own line number.
+  # Binary, so a bad byte is reported with its own line number.
+  with open(storage.local_file(path), "rb") as f:
     for lineno, raw in enumerate(f, start=1):
       start, offset = offset, offset + len(raw)
       try:
@@ -456,7 +458,7 @@ def _open(path: PathLike, parse: Callable[[dict], Any], reparse: Callable[[dict,
     if _stamp(path) != stamp:  # Offsets into a changed file would read wrong records.
       raise DataError(f"{path} changed after it was opened; reload the data.", "changed")
     out = []
-    with open(path, "rb") as f:
+    with open(storage.local_file(path), "rb") as f:
       for row in rows:
         f.seek(offsets[row])
         out.append(reparse(decode_line(f.readline()), int(labels[row])))
@@ -466,8 +468,7 @@ def _open(path: PathLike, parse: Callable[[dict], Any], reparse: Callable[[dict,
 
 
 def _stamp(path: PathLike) -> tuple[int, int]:
-  st = os.stat(path)
-  return st.st_size, st.st_mtime_ns
+  return storage.getsize_and_mtime(path)
 
 
 def open_entities(path: PathLike, *, skip_bad: bool = False,
@@ -510,8 +511,15 @@ def write_jsonl(path: PathLike, records: Iterable[dict[str, Any] | Entity | Ment
   """Writes one JSON object per line, atomically; returns the number of lines written.
 
   Records may be dicts or the dataclasses above. The file appears complete or not at all:
-  lines go to a temporary file in the same directory, which then replaces `path`.
+  lines go to a temporary file in the same directory, which then replaces `path` (for a
+  gs:// `path`, a local temporary file uploaded as one object).
   """
+  if storage.is_remote(path):
+    with tempfile.TemporaryDirectory(prefix="blink_jax.") as tmp:
+      local = os.path.join(tmp, os.path.basename(os.fspath(path)))
+      n = write_jsonl(local, records)
+      storage.upload_file(local, path)
+    return n
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
   fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

@@ -33,6 +33,7 @@ import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
 
+from blink_jax import storage
 from blink_jax.data import jsonl
 from blink_jax.data import synthetic
 from blink_jax.data import wikipedia
@@ -146,7 +147,8 @@ def _check_jsonl_paths(d: ml_collections.ConfigDict) -> None:
       (key, p) for key in ("train", "eval", "train_documents", "eval_documents")
       for p in _paths(d.get(key) or "")]
   for key, path in named:
-    if not os.path.isfile(path):
+    storage.check_reachable(path, what=f"config.data.{key}")
+    if not storage.isfile(path):
       raise FileNotFoundError(f"config.data.{key}: {path}: no such file")
 
 

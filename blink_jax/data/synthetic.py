@@ -30,6 +30,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from blink_jax import storage
 from blink_jax.bm25 import tokenize
 from blink_jax.data.jsonl import Document, Entity, Mention, Span, write_jsonl
 from blink_jax.data.synthetic_lexicon import (
@@ -458,20 +459,17 @@ def write(corpus: SyntheticCorpus, out_dir: str | Path) -> dict[str, Path]:
   The manifest goes last, so an interrupted write is seen as absent by ensure_written.
   Returns {"entities": path, "train_mentions": path, ...}.
   """
-  out_dir = Path(out_dir)
+  out_dir = storage.path_object(out_dir)
   paths = {key: out_dir / name for key, name in FILES.items()}
   for key, path in paths.items():
     write_jsonl(path, getattr(corpus, key))
-  manifest = out_dir / MANIFEST
-  tmp = manifest.with_name(f".{MANIFEST}.tmp")
-  tmp.write_text(_manifest(corpus.config), encoding="utf-8")
-  tmp.replace(manifest)
+  storage.atomic_write_text(out_dir / MANIFEST, _manifest(corpus.config))
   return paths
 
 
 def ensure_written(cfg: SyntheticConfig, out_dir: str | Path) -> dict[str, Path]:
   """Generates and writes the corpus unless out_dir already holds this exact config's files."""
-  out_dir = Path(out_dir)
+  out_dir = storage.path_object(out_dir)
   paths = {key: out_dir / name for key, name in FILES.items()}
   manifest = out_dir / MANIFEST
   fresh = (manifest.is_file() and manifest.read_text(encoding="utf-8") == _manifest(cfg)

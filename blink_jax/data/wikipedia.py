@@ -27,12 +27,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.util
-import json
 import os
 import re
 
 from absl import logging
 
+from blink_jax import storage
 from blink_jax.data import jsonl
 from blink_jax.data import weak_labels
 from blink_jax.data.jsonl import Document, Entity, Mention, Span
@@ -69,15 +69,14 @@ def summaries_path(override: str | None = None) -> str:
           f"The Wikipedia summaries are not installed: {SUMMARIES_INSTALL}")
     path = os.path.join(list(spec.submodule_search_locations)[0], "data",
                         "summaries_en-us.json")
-  if not os.path.exists(path):
+  if not storage.exists(path):
     raise FileNotFoundError(f"No Wikipedia summaries at {path}: {SUMMARIES_INSTALL}")
   return path
 
 
 def read_summaries(path: str) -> list[Summary]:
   """The summaries, sorted by title (the file is a dict; its order is not a contract)."""
-  with open(path, encoding="utf-8") as f:
-    raw = json.load(f)
+  raw = storage.read_json(path)
   out = []
   for key, v in raw.items():
     if not isinstance(v, dict) or not v.get("extract"):
@@ -90,7 +89,7 @@ def read_summaries(path: str) -> list[Summary]:
 def check_wikiel_dir(wikiel_dir: str, sets=DEV_SETS) -> None:
   """Fails before any work when the dev data is not where the config says."""
   need = ["entities.jsonl"] + [f"{s}.{kind}.jsonl" for s in sets for kind in ("mentions", "docs")]
-  missing = [n for n in need if not os.path.exists(os.path.join(wikiel_dir, n))]
+  missing = [n for n in need if not storage.exists(os.path.join(wikiel_dir, n))]
   if missing:
     raise FileNotFoundError(
         f"config.data.wikiel_dir={wikiel_dir!r} lacks {', '.join(missing)}: point it at the "

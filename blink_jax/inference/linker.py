@@ -36,7 +36,6 @@ import collections
 import contextlib
 import dataclasses
 import functools
-import json
 import os
 import time
 from collections.abc import Sequence
@@ -50,6 +49,7 @@ from blink_jax import config_utils
 from blink_jax import exact_search
 from blink_jax import index as index_lib
 from blink_jax import sharding
+from blink_jax import storage
 from blink_jax import tokenization
 from blink_jax import workdir as workdir_lib
 from blink_jax.data import documents
@@ -168,9 +168,8 @@ class Linker:
                                    expect_model=trained.identity)
     calibration = {}
     cal_path = workdir_lib.calibration_path(workdir)
-    if os.path.exists(cal_path):
-      with open(cal_path, encoding="utf-8") as f:
-        calibration = json.load(f)
+    if storage.exists(cal_path):
+      calibration = storage.read_json(cal_path)
     return cls(config, tok, trained.model, index, catalogue, calibration=calibration,
                mode=mode, mesh=mesh, workdir=workdir)
 
@@ -565,9 +564,8 @@ def index_for(config, workdir: str, trained: load_lib.Trained, tok: tokenization
   The cache is keyed to the file (path, size, mtime) and the linker's
   identity; a changed file or model is encoded again.
   """
-  st = os.stat(path)
-  key = workdir_lib.digest([os.path.abspath(path), st.st_size, st.st_mtime_ns,
-                            trained.identity])
+  size, mtime_ns = storage.getsize_and_mtime(path)
+  key = workdir_lib.digest([storage.abspath(path), size, mtime_ns, trained.identity])
   directory = os.path.join(workdir_lib.stage_dir(workdir, "linker"), f"index-{key}")
   try:
     return index_lib.Index.load(directory, mesh=mesh, expect_model=trained.identity)

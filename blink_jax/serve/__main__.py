@@ -11,12 +11,12 @@ batching worker are in `app.py`, the request limits in `schemas.Limits`.
 
 from __future__ import annotations
 
-import os
 
 from absl import app
 from absl import flags
 
 from blink_jax import cli
+from blink_jax import storage
 from blink_jax import workdir as workdir_lib
 from blink_jax.inference import linker as linker_lib
 from blink_jax.serve import app as app_lib
@@ -70,13 +70,16 @@ flags.mark_flags_as_required(["workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  # Fail now, before listening, on a workdir without a linker or a missing
-  # catalogue; the model itself loads in the background once the server runs.
+  # Fail now, before listening, on an unreachable bucket, a workdir without a linker or a
+  # missing catalogue; the model itself loads in the background once the server runs.
+  storage.check_reachable(FLAGS.workdir, what="--workdir")
+  if FLAGS.entities:
+    storage.check_reachable(FLAGS.entities, what="--entities")
   try:
     workdir_lib.load_config(FLAGS.workdir, "linker")
   except FileNotFoundError as e:
     raise cli.UserError(str(e)) from None
-  if FLAGS.entities and not os.path.isfile(FLAGS.entities):
+  if FLAGS.entities and not storage.isfile(FLAGS.entities):
     raise cli.UserError(f"--entities={FLAGS.entities}: no such file")
   import uvicorn  # pylint: disable=g-import-not-at-top
   limits = schemas.Limits(

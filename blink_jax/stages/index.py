@@ -20,7 +20,6 @@ it, changes it and saves it again: only the new entities are encoded.
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import jax
@@ -29,6 +28,7 @@ from absl import logging
 
 from blink_jax import index as index_lib
 from blink_jax import sharding
+from blink_jax import storage
 from blink_jax import workdir as workdir_lib
 from blink_jax.data import jsonl
 from blink_jax.data import sources
@@ -38,8 +38,8 @@ from blink_jax.inference import load as load_lib
 
 def parse_ids(spec: str) -> list[tuple[str, str]]:
   """(where, id text) of each id in "3,17" or in the file at `spec` (one id per line)."""
-  if os.path.isfile(spec):
-    with open(spec, encoding="utf-8") as f:
+  if storage.isfile(spec):
+    with storage.open(spec, encoding="utf-8") as f:
       return [(f"{spec}:{n}", line.strip()) for n, line in enumerate(f, 1) if line.strip()]
   return [(f"index.delete item {n}", text)
           for n, text in enumerate((x.strip() for x in spec.split(",") if x.strip()), 1)]
