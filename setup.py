@@ -45,6 +45,7 @@ TEST_REQUIRES = [
     "nbformat>=5.10",
     "ipykernel>=6.29",
     "matplotlib>=3.8",
+    "pytest-xdist==3.8.0",  # CI runs the suite on both cores (-n 2, see tests/conftest.py).
     "httpx==0.29.0",  # The server's tests and bench/serve.py talk HTTP with it.
     "gcp-storage-emulator==2026.7.19",  # A local GCS server for tests/test_gcs.py.
 ]
