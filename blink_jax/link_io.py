@@ -46,7 +46,6 @@ import dataclasses
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Iterator
 from typing import Any, BinaryIO, Callable
 
@@ -354,28 +353,13 @@ def replaced_when_done(path: PathLike) -> Iterator[BinaryIO]:
 
   For output that cannot be resumed (from a pipe): `path` only ever holds a complete output,
   and its `.partial` and `.progress` files, which a resumable run may own, are left alone.
-  A gs:// `path` is written to a local temporary file first, then uploaded in one go.
+  (storage.writer: a local temporary file renamed, or a gs:// upload abandoned on an error.)
   """
   path = os.fspath(path)
-  if storage.is_remote(path):
-    with tempfile.NamedTemporaryFile(prefix="blink_jax.", suffix=".tmp") as f:
-      yield f
-      f.flush()
-      storage.upload_file(f.name, path)
-    return
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp",
-                             dir=directory)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      yield f
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
+  if not storage.is_remote(path):
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with storage.writer(path) as f:
+    yield f
 
 
 def _batches(lines: Iterator[tuple[dict | None, int, int]],

@@ -156,20 +156,8 @@ def read_json(p: PathLike) -> Any:
 
 def atomic_write(p: PathLike, data: bytes) -> None:
   """Writes `data` to `p` so that a reader sees the old file or the new one, never half."""
-  p = os.fspath(p)
-  if is_remote(p):
-    path(p).write_bytes(data)  # One object upload: atomic by itself.
-    return
-  tmp = f"{p}.tmp.{os.getpid()}"
-  try:
-    with builtins.open(tmp, "wb") as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, p)
-  finally:
-    if os.path.exists(tmp):
-      os.unlink(tmp)
+  with writer(p) as f:
+    f.write(data)
 
 
 def atomic_write_text(p: PathLike, text: str) -> None:

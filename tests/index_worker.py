@@ -24,10 +24,8 @@ from blink_jax import tokenization  # pylint: disable=wrong-import-position
 from blink_jax.data.jsonl import Entity  # pylint: disable=wrong-import-position
 from blink_jax.data.records import Records  # pylint: disable=wrong-import-position
 from blink_jax.inference import encode  # pylint: disable=wrong-import-position
-from blink_jax.models import biencoder  # pylint: disable=wrong-import-position
+import tiny_model  # pylint: disable=wrong-import-position
 
-VOCAB = ["[PAD]", "[unused0]", "[unused1]", "[unused2]", "[UNK]", "[CLS]", "[SEP]",
-         "[MASK]"] + [f"w{i}" for i in range(56)]
 N = 301  # Not a multiple of any device count: the last device's block is padded.
 
 
@@ -49,10 +47,7 @@ def main():
     jax.distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
   os.makedirs(args.out, exist_ok=True)
   tok = tokenization.Tokenizer.from_pretrained(args.data)
-  model = biencoder.build(ml_collections.ConfigDict(dict(
-      init_from="", pooling="mean", projection_dim=0,
-      bert=dict(vocab_size=64, hidden_size=32, num_layers=1, num_heads=4, intermediate_size=64,
-                max_position=32, dropout=0.0, attention_dropout=0.0))), vocab_size=64, seed=0)
+  model = tiny_model.biencoder_model()
   config = ml_collections.ConfigDict(dict(data=dict(max_entity_len=12),
                                           eval=dict(batch_size=32)))
   mesh = sharding.make_mesh()

@@ -13,30 +13,17 @@ import jax
 from blink_jax import exact_search
 from blink_jax import index as index_lib
 from blink_jax import sharding
-from blink_jax import tokenization
 from blink_jax.data.jsonl import Entity
 from blink_jax.data.records import Records
 from blink_jax.inference import encode
-from blink_jax.models import biencoder
-
-VOCAB = ["[PAD]", "[unused0]", "[unused1]", "[unused2]", "[UNK]", "[CLS]", "[SEP]",
-         "[MASK]"] + [f"w{i}" for i in range(56)]
-
+import tiny_model
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-  d = tmp_path_factory.mktemp("vocab")
-  (d / "vocab.txt").write_text("\n".join(VOCAB) + "\n", encoding="utf-8")
-  return tokenization.Tokenizer.from_pretrained(d)
+  return tiny_model.tokenizer(tmp_path_factory.mktemp("vocab"))
 
 
-def _model():
-  cfg = ml_collections.ConfigDict(dict(
-      init_from="", pooling="mean", projection_dim=0,
-      bert=dict(vocab_size=64, hidden_size=32, num_layers=1, num_heads=4,
-                intermediate_size=64, max_position=32, dropout=0.0,
-                attention_dropout=0.0)))
-  return biencoder.build(cfg, vocab_size=64, seed=0)
+_model = tiny_model.biencoder_model
 
 
 def _entities(n, seed=0):

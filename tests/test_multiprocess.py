@@ -5,7 +5,6 @@ The global batch of every step is the same whatever the number of processes
 reported metric of a 2-process run must equal those of a 1-process run.
 """
 
-import importlib.util
 import json
 import os
 import socket
@@ -14,6 +13,9 @@ import sys
 
 import numpy as np
 import pytest
+
+import index_worker
+import tiny_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -103,11 +105,7 @@ def test_index_build_change_save_on_two_processes_equals_one(tmp_path):
   # file must be what one process gets.
   data = tmp_path / "vocab"
   data.mkdir()
-  spec = importlib.util.spec_from_file_location(
-      "index_worker", os.path.join(REPO, "tests", "index_worker.py"))
-  worker = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(worker)
-  (data / "vocab.txt").write_text("\n".join(worker.VOCAB) + "\n", encoding="utf-8")
+  tiny_model.tokenizer(data)  # Writes the vocabulary the workers load.
   env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
   # The one-process reference runs beside the two processes: the test waits once.
   one = subprocess.Popen(_index_cmd(tmp_path / "one", data), cwd=REPO, env=env,
@@ -122,8 +120,8 @@ def test_index_build_change_save_on_two_processes_equals_one(tmp_path):
   a, b, b1 = result("one"), result("two"), result("two", 1)
   assert (a["process_count"], b["process_count"], b["devices"]) == (1, 2, 4)
   # Each process held its own half of the encoded rows, never the whole catalogue.
-  assert b["held"] == b1["held"] == b["rows"] // 2 and b["rows"] >= worker.N
-  assert a["count"] == b["count"] == worker.N + 2 - 3
+  assert b["held"] == b1["held"] == b["rows"] // 2 and b["rows"] >= index_worker.N
+  assert a["count"] == b["count"] == index_worker.N + 2 - 3
   for key in ("built", "built_worlds", "changed", "loaded"):
     assert a[key]["ids"] == b[key]["ids"], key
     np.testing.assert_allclose(a[key]["scores"], b[key]["scores"], rtol=1e-5, atol=1e-5)
