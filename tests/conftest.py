@@ -11,8 +11,12 @@ _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _REPO not in sys.path:
   sys.path.insert(0, _REPO)  # This checkout's `configs`, wherever the venv's install points.
 
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                           + " --xla_force_host_platform_device_count=8").strip()
+# pytest-xdist's workers inherit the controller's environment and import this
+# file again: add the flag only once (XLA rejects a repeated flag list it cannot
+# parse, and tests that strip it must not leave a stray one behind).
+_FLAGS = [f for f in os.environ.get("XLA_FLAGS", "").split()
+          if not f.startswith("--xla_force_host_platform_device_count")]
+os.environ["XLA_FLAGS"] = " ".join(_FLAGS + ["--xla_force_host_platform_device_count=8"])
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # Tests never download.
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
