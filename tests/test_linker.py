@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from blink_jax import metric_writer
+from blink_jax import span_metrics
 from blink_jax.data.records import Records
 from blink_jax.inference import linker as linker_lib
 from blink_jax.inference import load as load_lib
@@ -198,6 +199,77 @@ def test_calibration_picks_the_width_bonus_that_finds_whole_names(tok):
   FakeLinker.config.linker.width_bonus_grid = (0.0,)
   out = calibration.calibrate(fake, [gold], modes=())
   assert out["width_bonus"] == 0.0 and out["heldout_mention_f1"] < 1.0
+
+
+def test_calibration_for_linking_drops_a_span_linked_wrong(tok):
+  """Mention F1 keeps a NIL gold the linker links confidently (to the wrong entity);
+  linking F1 is better without it, and the only way to drop it is a higher
+  mention threshold (a NIL threshold above .9997 would drop the right links too)."""
+  text = "the cat sat on the mat."
+  gold = Document(id="d", text=text, spans=(jsonl.Span(4, 7, 5, "", "cat"),
+                                            jsonl.Span(8, 11, -1, "", "sat"),
+                                            jsonl.Span(19, 22, 6, "", "mat")))
+  w = documents.make_windows(tok, [text], max_len=16, max_width=3)
+  logits = np.full(w.valid.shape, -9.0, np.float32)
+  logits[0, 2, 0], logits[0, 3, 0], logits[0, 6, 0] = 3.0, 1.0, 2.0  # cat, sat, mat
+  best = {"cat": (5, 3.0), "sat": (7, 8.0), "mat": (6, 2.2)}  # (entity, score vs 0.0)
+
+  class FakeLinker:  # What `calibrate` reads.
+    config = ml_collections.ConfigDict({"linker": {
+        "max_len": 16, "max_width": 3, "width_bonus_grid": (0.0,), "nil_prior": 0.1,
+        "calibration_objective": "mention_detection/strong/f1"},
+        "data": {"max_context_len": 16}})
+    width_bonus = 0.0
+
+    def __init__(self):
+      self.tok = tok
+
+    def span_logits(self, windows):
+      return logits
+
+    def scored(self, mentions, worlds, mode):
+      ids = np.array([[best[m.mention][0], 99] for m in mentions], np.int64).reshape(-1, 2)
+      scores = np.array([[best[m.mention][1], 0.0] for m in mentions],
+                        np.float32).reshape(-1, 2)
+      return ids, scores
+
+  out = calibration.calibrate(FakeLinker(), [gold], modes=("fast",))
+  assert out["mention_threshold"] <= 1.0 and out["heldout_mention_f1"] == 1.0
+  FakeLinker.config.linker.calibration_objective = "linking/strong/f1"
+  out = calibration.calibrate(FakeLinker(), [gold], modes=("fast",))
+  assert 1.0 < out["mention_threshold"] <= 2.0
+  assert out["heldout_linking_f1"] == {"fast": 1.0}
+  assert out["nil_threshold"]["fast"] == -np.inf  # Nothing left to say NIL to.
+  assert out["mention_f1_threshold"] <= 1.0
+
+
+@pytest.mark.parametrize("weak", [False, True])
+def test_best_nil_threshold_equals_span_metrics_at_every_threshold(weak):
+  rng = np.random.default_rng(3 + weak)
+  golds, spans, rows = [], [], 0
+  for _ in range(30):
+    starts = np.sort(rng.choice(np.arange(1, 60), 6, replace=False))
+    golds.append([(int(s), int(s) + int(rng.integers(1, 5)), int(rng.integers(-1, 4)))
+                  for s in starts[::2]])
+    doc = []
+    for s in starts:
+      doc.append((int(s) + int(rng.integers(-1, 2)), int(s) + int(rng.integers(2, 5)), rows))
+      rows += 1
+    spans.append(doc)
+  top = rng.integers(-1, 4, rows)
+  conf = rng.choice(np.linspace(0.1, 1.0, 10), rows)  # Ties on purpose.
+  f1, t = calibration.best_nil_threshold(golds, spans, top, conf, weak)
+  key = f"linking/{'weak' if weak else 'strong'}"
+
+  def reference(thr):
+    return span_metrics.score_documents(
+        (g, [(s, e, int(top[r]) if conf[r] >= thr and top[r] >= 0 else -1) for s, e, r in p])
+        for g, p in zip(golds, spans))[key].f1
+
+  every = {thr: reference(thr) for thr in [-np.inf, *np.unique(conf)]}
+  assert f1 == pytest.approx(max(every.values())) and f1 == pytest.approx(reference(t))
+  assert t == min(thr for thr, v in every.items() if v == pytest.approx(f1))
+  assert 0 < f1 < 1  # The random case is not degenerate.
 
 
 # ---------------------------------------------------------------------- NIL

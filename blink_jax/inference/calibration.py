@@ -9,6 +9,15 @@ with its gold entity in the catalogue (a correct link should pass) and once
 without it (the best remaining candidate should not); the threshold
 maximises the expected accuracy of that decision when a share
 `linker.nil_prior` of mentions is outside the catalogue.
+
+With `linker.calibration_objective` = "linking/weak/f1" (or
+"linking/strong/f1") both thresholds are then chosen again, for end-to-end
+linking F1 on the same documents: the spans decoded at each mention threshold
+at or above the mention-F1 one are linked (once, in every mode), and the
+mention threshold and each mode's NIL threshold are the pair that links the
+held-out documents best (the mention threshold is shared: the best by the
+modes' mean). Mention F1 rewards every span found; linking F1 also pays for
+spans linked wrong, which a higher threshold, or NIL, can drop.
 """
 
 from __future__ import annotations
@@ -103,4 +112,104 @@ def calibrate(linker: linker_lib.Linker, docs: list[Document], modes) -> dict:
                    "NIL at nil_prior=%.2f on %d held-out mentions; NIL is off in this mode "
                    "(set linker.nil_threshold.%s to force one).", mode, prior, len(ms), mode)
     out["nil_threshold"][mode] = t
+  objective = lc.get("calibration_objective", MENTION_F1)
+  if objective != MENTION_F1 and modes:
+    out.update(linking_thresholds(linker, docs, windows, logits, grid, out, modes, objective))
   return out
+
+
+MENTION_F1 = "mention_detection/strong/f1"
+LINKING_F1 = ("linking/weak/f1", "linking/strong/f1")
+
+
+def linking_thresholds(linker: linker_lib.Linker, docs: list[Document], windows, logits,
+                       grid: np.ndarray, found: dict, modes, objective: str) -> dict:
+  """Mention and NIL thresholds with the best end-to-end `objective` (module docstring).
+
+  `found` is the mention-F1 calibration: its threshold is the lowest tried
+  and its width bonus is kept. Returns the keys of `calibrate`'s result to
+  replace, and what they replaced.
+  """
+  if objective not in LINKING_F1:
+    raise ValueError(f"linker.calibration_objective must be {MENTION_F1!r} or one of "
+                     f"{LINKING_F1}, got {objective!r}.")
+  weak = objective == "linking/weak/f1"
+  bonus = found["width_bonus"]
+  thresholds = [float(t) for t in grid if t >= found["mention_threshold"]]
+  decoded = [documents.decode_spans(windows, logits, t, len(docs), bonus) for t in thresholds]
+  # Every span any threshold keeps, linked once per mode.
+  union = sorted({(i, s, e) for pred in decoded for i, p in enumerate(pred) for s, e, _ in p})
+  row = {span: r for r, span in enumerate(union)}
+  max_len = linker.config.data.max_context_len
+  mentions = [linker_lib.mention_of(docs[i].text, s, e, max_len) for i, s, e in union]
+  worlds = [docs[i].world for i, _, _ in union]
+  worlds = None if set(worlds) <= {None} else worlds
+  golds = [gold_spans(d) for d in docs]
+  best_by_mode = {}
+  for mode in modes:
+    ids, scores = linker.scored(mentions, worlds, mode)
+    top = ids[:, 0] if len(ids) else np.zeros(0, np.int64)
+    conf = linker_lib.confidence(scores) if len(ids) else np.zeros(0, np.float32)
+    best_by_mode[mode] = [
+        best_nil_threshold(golds, [[(s, e, row[(i, s, e)]) for s, e, _ in p]
+                                   for i, p in enumerate(pred)], top, conf, weak)
+        for pred in decoded]
+  # Per mention threshold, the modes' mean of their best F1; the first best wins ties.
+  means = [np.mean([best_by_mode[m][j][0] for m in modes]) for j in range(len(thresholds))]
+  j = int(np.argmax(means))
+  out = {"mention_threshold": thresholds[j],
+         "mention_f1_threshold": found["mention_threshold"],
+         "mention_f1_nil_threshold": dict(found["nil_threshold"]),
+         "calibration_objective": objective,
+         "heldout_linking_f1": {m: best_by_mode[m][j][0] for m in modes},
+         "nil_threshold": {m: best_by_mode[m][j][1] for m in modes}}
+  logging.info("Calibration for %s: mention threshold %.3f (mention F1's %.3f), NIL "
+               "thresholds %s, held-out %s %s over %d linked spans.", objective,
+               out["mention_threshold"], found["mention_threshold"], out["nil_threshold"],
+               objective, out["heldout_linking_f1"], len(union))
+  return out
+
+
+def best_nil_threshold(golds: list[list[tuple[int, int, int]]],
+                       spans: list[list[tuple[int, int, int]]], top: np.ndarray,
+                       conf: np.ndarray, weak: bool) -> tuple[float, float]:
+  """(best linking F1, its NIL threshold) of predicted spans over documents.
+
+  golds: per document, (start, end, label), label -1 for a NIL gold; spans:
+  per document, (start, end, row), `top[row]` the span's best entity and
+  `conf[row]` its confidence. A span is linked when conf >= t and top >= 0
+  (as `Linker._results` decides), and the counts are span_metrics' linking
+  counts (a test checks them against it): tp_pred, the linked spans that match
+  a gold of their entity; num_pred, the linked spans; tp_gold, the non-NIL
+  golds such a span matches. Every t at once: a gold is found for every t up
+  to the best confidence among its correct matching spans. The lowest t of
+  the best F1 wins (-inf: never NIL).
+  """
+  linked_conf, correct_conf, gold_conf, num_gold = [], [], [], 0
+  for g, p in zip(golds, spans):
+    g = [x for x in g if x[2] >= 0]
+    num_gold += len(g)
+    for s, e, r in p:
+      if top[r] < 0:
+        continue
+      linked_conf.append(conf[r])
+      if any(_match(s, e, gs, ge, weak) and top[r] == gl for gs, ge, gl in g):
+        correct_conf.append(conf[r])
+    for gs, ge, gl in g:
+      c = [conf[r] for s, e, r in p if top[r] == gl and _match(s, e, gs, ge, weak)]
+      if c:
+        gold_conf.append(max(c))
+  cands = np.unique(np.concatenate([[-np.inf], linked_conf]))
+  at_least = lambda v: len(v) - np.searchsorted(np.sort(np.asarray(v, np.float64)), cands,
+                                                side="left")
+  num_pred, tp_pred, tp_gold = at_least(linked_conf), at_least(correct_conf), at_least(gold_conf)
+  p = np.where(num_pred > 0, tp_pred / np.maximum(num_pred, 1), 0.0)
+  r = tp_gold / max(num_gold, 1)
+  f1 = np.where(p + r > 0, 2 * p * r / np.maximum(p + r, 1e-12), 0.0)
+  j = int(np.argmax(f1))
+  return float(f1[j]), float(cands[j])
+
+
+def _match(s: int, e: int, gs: int, ge: int, weak: bool) -> bool:
+  """span_metrics' strong (same span) or weak (overlap) match."""
+  return s < ge and gs < e if weak else (s, e) == (gs, ge)

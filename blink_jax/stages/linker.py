@@ -195,6 +195,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       raise ValueError(f"linker.train.{name}={tc[name]} must divide by the "
                        f"{mesh.size} devices.")
 
+  objective = lc.get("calibration_objective", calibration_lib.MENTION_F1)
+  if objective not in (calibration_lib.MENTION_F1, *calibration_lib.LINKING_F1):
+    raise ValueError(f"linker.calibration_objective must be one of "
+                     f"{(calibration_lib.MENTION_F1, *calibration_lib.LINKING_F1)}, "
+                     f"got {objective!r}.")
+
   # ----------------------------------------------------------- documents
   # The bi-encoder's model, described by its own stored config (a distilled
   # student shares it).
