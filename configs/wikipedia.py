@@ -59,10 +59,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.cross.max_entity_len = 48
   config.cross.model.init_from = config.model.init_from
   config.cross.model.pooling = "mean"
-  # 300 steps of 8 mentions (~2,400 of the ~6,800 training mentions; about
-  # 57 min on this 2-core CPU under load). lr 1e-4: the randomly initialised
-  # score head learns too slowly at 3e-5 in so few steps (OKE-2015 held out:
-  # .506 at 3e-5 / 250 steps / hybrid candidates, .674 now; BENCHMARKS.md).
+  # 150 steps of 8 mentions (~1,200 of the ~6,800 training mentions; 14 min
+  # quiet, 23 under load on this 2-core CPU): the chain's budget. lr 1e-4: the
+  # randomly initialised score head learns too slowly at 3e-5 in so few steps
+  # (OKE-2015 held out: .506 at 3e-5 / 250 steps / hybrid candidates, .674 at
+  # 1e-4 / 300 steps; BENCHMARKS.md).
   config.cross.train.global_batch = 8
   config.cross.train.num_steps = 150
   config.cross.train.log_every = 20
