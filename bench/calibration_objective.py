@@ -2,7 +2,8 @@
 
 Re-calibrates the linker of WORKDIR on its calibration documents under each
 `linker.calibration_objective` (strong mention F1, the default, then weak and
-strong linking F1; inference/calibration.py) and reports, per objective and
+strong linking F1, each with the confidence alone and then with the joint cut
+of `linker.link_alpha_grid` as well; inference/calibration.py) and reports, per objective and
 mode, the thresholds chosen and the held-out set's end-to-end figures; then
 the held-out gold spans given to the linker (detection as an oracle). No
 retraining; nothing in WORKDIR is written. Prints one JSON line.
@@ -23,15 +24,21 @@ from blink_jax.data import sources  # pylint: disable=g-import-not-at-top
 from blink_jax.inference import calibration as cal  # pylint: disable=g-import-not-at-top
 from blink_jax.inference.linker import Linker, mention_of  # pylint: disable=g-import-not-at-top
 
-OBJECTIVES = (cal.MENTION_F1, *cal.LINKING_F1)
+# (objective, link_alpha_grid): each linking objective with the confidence alone,
+# then with the joint cut logit + alpha log(confidence) as well.
+ALPHAS = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+OBJECTIVES = ((cal.MENTION_F1, ()), *((o, ()) for o in cal.LINKING_F1),
+              *((o, ALPHAS) for o in cal.LINKING_F1))
 KEYS = ("mention_detection/strong/f1", "mention_detection/weak/f1", "linking/strong/precision",
-        "linking/strong/recall", "linking/strong/f1", "linking/weak/f1",
+        "linking/strong/recall", "linking/strong/f1", "linking/weak/precision",
+        "linking/weak/recall", "linking/weak/f1",
         "mention_detection/strong/num_pred", "mention_detection/strong/num_gold")
 
 
-def _with_objective(lk: Linker, objective: str) -> Linker:
+def _with_objective(lk: Linker, objective: str, alphas=()) -> Linker:
   with lk.config.unlocked():
     lk.config.linker.calibration_objective = objective
+    lk.config.linker.link_alpha_grid = tuple(alphas)
   return lk
 
 
@@ -49,15 +56,18 @@ def main():
   data = sources.load(config, args.workdir, documents=True)
   held = data.eval_documents[args.held_out]
   rows = []
-  for objective in OBJECTIVES:
+  for objective, alphas in OBJECTIVES:
     t = time.time()
-    found = cal.calibrate(_with_objective(lk, objective), data.calibration_documents, modes)
+    found = cal.calibrate(_with_objective(lk, objective, alphas), data.calibration_documents,
+                          modes)
     seconds = time.time() - t
     for mode in modes:
       linker = Linker(lk.config, lk.tok, lk.model, lk.index, lk.entities, cross=lk.cross,
                       calibration=found, mode=mode, mesh=lk.mesh)
       report = evaluate.documents_report(linker, held, mode)
-      rows.append({"objective": objective, "mode": mode,
+      rule = found.get("link_rule", {}).get(mode)
+      rows.append({"objective": objective, "mode": mode, "link_alpha_grid": list(alphas),
+                   "link_rule": rule and {k: round(v, 3) for k, v in rule.items()},
                    "mention_threshold": round(found["mention_threshold"], 3),
                    "nil_threshold": (round(nil, 4) if math.isfinite(nil := float(
                        found["nil_threshold"][mode])) else None),

@@ -249,8 +249,11 @@ def main(argv: list[str]) -> None:
     overrides["linker.mention_threshold"] = FLAGS.mention_threshold
   linker = load_linker(FLAGS.workdir, mode=FLAGS.mode, entities=FLAGS.entities,
                        skip_bad=FLAGS.skip_bad, overrides=overrides)
-  logging.info("Linker (%s mode): mention threshold %.3f, NIL below %.3f.", FLAGS.mode,
-               linker.mention_threshold, linker.nil_threshold[FLAGS.mode])
+  rule = linker.link_rule.get(FLAGS.mode)
+  logging.info("Linker (%s mode): mention threshold %.3f, %s.", FLAGS.mode,
+               linker.mention_threshold,
+               f"NIL below {linker.nil_threshold[FLAGS.mode]:.3f}" if rule is None else
+               f"NIL where logit + {rule['alpha']:g} log(confidence) < {rule['threshold']:.3f}")
   stats = run_stream(
       lambda records: link_records(linker, records, text_field=FLAGS.text_field,
                                    use_worlds=FLAGS.use_worlds),

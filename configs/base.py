@@ -195,6 +195,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # F1 (with the NIL threshold from gold-removed mentions), or end-to-end
   # "linking/weak/f1" / "linking/strong/f1" (inference/calibration.py).
   config.linker.calibration_objective = "mention_detection/strong/f1"
+  # With a linking objective, also try linking a detected span when
+  # logit + alpha * log(confidence) passes one threshold, for each alpha here
+  # (empty: the confidence alone, against a NIL threshold).
+  config.linker.link_alpha_grid = ()
   config.linker.nil_threshold = ml_collections.ConfigDict(  # Per mode; None = calibrated.
       {"fast": unset(), "full": unset()})
   config.linker.train = ml_collections.ConfigDict(dict(config.train))

@@ -1,5 +1,6 @@
 """The end-to-end linker: span scores, windows, decoding, NIL, training, API and CLI."""
 
+import copy
 import json
 import os
 import re
@@ -243,6 +244,56 @@ def test_calibration_for_linking_drops_a_span_linked_wrong(tok):
   assert out["mention_f1_threshold"] <= 1.0
 
 
+def test_calibration_for_linking_finds_a_joint_cut_no_pair_of_thresholds_finds(tok):
+  """cat (logit 5, confidence .52, right), sat (1.2, .90, a NIL gold linked) and mat
+  (1.0, .95, right). Keeping mat keeps sat detected, and a confidence threshold that
+  drops sat (.90) drops cat (.52): no (mention, NIL) pair links all and only the right
+  ones. logit + 4 log(confidence) does: cat 2.41, mat .795, sat .779."""
+  text = "the cat sat on the mat."
+  gold = Document(id="d", text=text, spans=(jsonl.Span(4, 7, 5, "", "cat"),
+                                            jsonl.Span(8, 11, -1, "", "sat"),
+                                            jsonl.Span(19, 22, 6, "", "mat")))
+  w = documents.make_windows(tok, [text], max_len=16, max_width=3)
+  logits = np.full(w.valid.shape, -9.0, np.float32)
+  logits[0, 2, 0], logits[0, 3, 0], logits[0, 6, 0] = 5.0, 1.2, 1.0  # cat, sat, mat
+  # Scores against a second candidate at 0: confidence = sigmoid(score).
+  logit = lambda p: float(np.log(p / (1 - p)))
+  best = {"cat": (5, logit(.525)), "sat": (7, logit(.9)), "mat": (6, logit(.95))}
+
+  class FakeLinker:  # What `calibrate` reads.
+    config = ml_collections.ConfigDict({"linker": {
+        "max_len": 16, "max_width": 3, "width_bonus_grid": (0.0,), "nil_prior": 0.1,
+        "calibration_objective": "linking/strong/f1", "link_alpha_grid": ()},
+        "data": {"max_context_len": 16}})
+    width_bonus = 0.0
+
+    def __init__(self):
+      self.tok = tok
+
+    def span_logits(self, windows):
+      return logits
+
+    def scored(self, mentions, worlds, mode):
+      ids = np.array([[best[m.mention][0], 99] for m in mentions], np.int64).reshape(-1, 2)
+      scores = np.array([[best[m.mention][1], 0.0] for m in mentions],
+                        np.float32).reshape(-1, 2)
+      return ids, scores
+
+  separate = calibration.calibrate(FakeLinker(), [gold], modes=("fast",))
+  assert separate["heldout_linking_f1"]["fast"] < 1.0 and separate["link_rule"] == {}
+  FakeLinker.config.linker.link_alpha_grid = (1.0, 4.0, 16.0)
+  joint = calibration.calibrate(FakeLinker(), [gold], modes=("fast",))
+  assert joint["heldout_linking_f1"] == {"fast": 1.0}
+  rule = joint["link_rule"]["fast"]
+  assert rule["alpha"] == 4.0 and 0.779 < rule["threshold"] <= 0.796
+  # Given spans have no logit: they keep the gold-span calibration's NIL threshold.
+  assert joint["nil_threshold"] == joint["mention_f1_nil_threshold"]
+  # The linker cuts detected spans as calibrated.
+  conf = np.array([.525, .9, .95])
+  kept = linker_lib.link_score(np.array([5.0, 1.2, 1.0]), conf, 4.0) >= rule["threshold"]
+  assert kept.tolist() == [True, False, True]
+
+
 @pytest.mark.parametrize("weak", [False, True])
 def test_best_nil_threshold_equals_span_metrics_at_every_threshold(weak):
   rng = np.random.default_rng(3 + weak)
@@ -401,6 +452,26 @@ def test_loaded_linker_links_text_with_true_offsets(linked):
                                                       "linker.nil_threshold.fast": 1.01})
   assert all(r["nil"] for r in strict.link([text])[0])
   assert linker.timings["encoding"] > 0 and linker.timings["search"] > 0
+  # A calibrated joint cut (logit + alpha log confidence) decides for detected spans,
+  # by hand from their logits; spans given by the caller keep the NIL threshold.
+  logit_of = {(s, e): logit for s, e, logit in linker.detect([text])[0]}
+  conf = np.array([r["score"] for r in spans])
+  score = np.array([logit_of[(r["start"], r["end"])] for r in spans]) + 2.0 * np.log(conf)
+  cut = float(np.median(score))
+  joint = linker_lib.Linker(linker.config, linker.tok, linker.model, linker.index,
+                            linker.entities, calibration={
+                                "mention_threshold": -1e9, "nil_threshold": {"fast": 1.01},
+                                "link_rule": {"fast": {"alpha": 2.0, "threshold": cut}}})
+  got = joint.link([text])[0]
+  assert [r["nil"] for r in got] == (score < cut).tolist()
+  assert 0 < sum(r["nil"] for r in got) < len(got)
+  assert all(r["nil"] for r in joint.disambiguate(again))
+  # A NIL threshold asked for in the config replaces the calibrated cut.
+  config = copy.deepcopy(joint.config)
+  config.linker.nil_threshold.fast = 0.0  # Every confidence passes: nothing NIL.
+  forced = linker_lib.Linker(config, joint.tok, joint.model, joint.index,
+                             joint.entities, calibration=joint.calibration)
+  assert not forced.link_rule and not any(r["nil"] for r in forced.link([text])[0])
 
 
 def test_full_mode_reranks_with_the_cross_encoder(linked):

@@ -18,6 +18,17 @@ mention threshold and each mode's NIL threshold are the pair that links the
 held-out documents best (the mention threshold is shared: the best by the
 modes' mean). Mention F1 rewards every span found; linking F1 also pays for
 spans linked wrong, which a higher threshold, or NIL, can drop.
+
+With `linker.link_alpha_grid` (e.g. (1, 2, 4, 8, 16, 32)) the linking
+objective also tries one joint cut per mode, as ELQ scores a linked span by
+mention and entity together: a detected span is linked when
+logit + alpha * log(confidence) >= threshold. A span the detector is sure of
+may then be linked at a lower confidence, and a doubtful span needs a
+confident link (on the OKE-2016 fold: weak linking F1 .536 -> .582,
+BENCHMARKS.md). The choice per mode is stored as
+`link_rule[mode] = {"alpha", "threshold"}`; the confidence threshold of the
+gold-span calibration stays in `nil_threshold`, for spans given by the caller
+(`Linker.disambiguate`), which have no logit.
 """
 
 from __future__ import annotations
@@ -145,28 +156,46 @@ def linking_thresholds(linker: linker_lib.Linker, docs: list[Document], windows,
   worlds = [docs[i].world for i, _, _ in union]
   worlds = None if set(worlds) <= {None} else worlds
   golds = [gold_spans(d) for d in docs]
+  # None: the confidence alone (a NIL threshold); a number: the joint cut.
+  alphas = [None] + sorted(float(a) for a in linker.config.linker.get("link_alpha_grid", ()))
+  logit_of = np.zeros(len(union), np.float64)
+  for pred in decoded:
+    for i, p in enumerate(pred):
+      for s, e, logit in p:
+        logit_of[row[(i, s, e)]] = logit
   best_by_mode = {}
   for mode in modes:
     ids, scores = linker.scored(mentions, worlds, mode)
     top = ids[:, 0] if len(ids) else np.zeros(0, np.int64)
     conf = linker_lib.confidence(scores) if len(ids) else np.zeros(0, np.float32)
-    best_by_mode[mode] = [
-        best_nil_threshold(golds, [[(s, e, row[(i, s, e)]) for s, e, _ in p]
-                                   for i, p in enumerate(pred)], top, conf, weak)
-        for pred in decoded]
+    per_threshold = []
+    for pred in decoded:
+      spans = [[(s, e, row[(i, s, e)]) for s, e, _ in p] for i, p in enumerate(pred)]
+      # The first best wins ties: confidence alone, then the smallest alpha.
+      tried = [(*best_nil_threshold(golds, spans, top,
+                                         linker_lib.link_score(logit_of, conf, a), weak), a)
+               for a in alphas]
+      per_threshold.append(max(tried, key=lambda x: (x[0], -alphas.index(x[2]))))
+    best_by_mode[mode] = per_threshold
   # Per mention threshold, the modes' mean of their best F1; the first best wins ties.
   means = [np.mean([best_by_mode[m][j][0] for m in modes]) for j in range(len(thresholds))]
   j = int(np.argmax(means))
+  chosen = {m: best_by_mode[m][j] for m in modes}
   out = {"mention_threshold": thresholds[j],
          "mention_f1_threshold": found["mention_threshold"],
          "mention_f1_nil_threshold": dict(found["nil_threshold"]),
          "calibration_objective": objective,
-         "heldout_linking_f1": {m: best_by_mode[m][j][0] for m in modes},
-         "nil_threshold": {m: best_by_mode[m][j][1] for m in modes}}
+         "heldout_linking_f1": {m: c[0] for m, c in chosen.items()},
+         # A mode linked by the joint cut keeps the gold-span NIL threshold for given spans.
+         "nil_threshold": {m: (c[1] if c[2] is None else found["nil_threshold"][m])
+                           for m, c in chosen.items()},
+         "link_rule": {m: {"alpha": c[2], "threshold": c[1]}
+                       for m, c in chosen.items() if c[2] is not None}}
   logging.info("Calibration for %s: mention threshold %.3f (mention F1's %.3f), NIL "
-               "thresholds %s, held-out %s %s over %d linked spans.", objective,
-               out["mention_threshold"], found["mention_threshold"], out["nil_threshold"],
-               objective, out["heldout_linking_f1"], len(union))
+               "thresholds %s, joint rules %s, held-out %s %s over %d linked spans.",
+               objective, out["mention_threshold"], found["mention_threshold"],
+               out["nil_threshold"], out["link_rule"], objective,
+               out["heldout_linking_f1"], len(union))
   return out
 
 

@@ -120,9 +120,13 @@ class Linker:
     stored = cal.get("nil_threshold") or {}
     self.nil_threshold = {m: -np.inf if stored.get(m) is None else float(stored[m])
                           for m in MODES}
+    # Per mode, {"alpha", "threshold"}: detected spans are linked on
+    # logit + alpha * log(confidence) (inference/calibration.py); else on confidence.
+    self.link_rule = dict(cal.get("link_rule") or {})
     for m, t in (lc.get("nil_threshold") or {}).items():  # Config overrides.
       if t is not None:
         self.nil_threshold[m] = float(t)
+        self.link_rule.pop(m, None)  # A NIL threshold asked for is the one used.
     if lc.get("mention_threshold") is not None:
       self.mention_threshold = float(lc.mention_threshold)
     self.width_bonus = float(cal.get("width_bonus", 0.0))
@@ -382,17 +386,24 @@ class Linker:
       out.append(fields)
     return out
 
-  def _results(self, mentions, ranked: Ranking, mode, top_k: int, spans=None) -> list[dict]:
+  def _results(self, mentions, ranked: Ranking, mode, top_k: int, spans=None,
+               logits=None) -> list[dict]:
+    """`logits`: each detected span's mention logit (None for spans given by the
+    caller), which the mode's `link_rule` reads."""
     probs = probabilities(ranked.scores)
     conf = probs[:, 0] if len(probs) else np.zeros(0, np.float32)
     top = ranked.ids[:, 0] if len(ranked.ids) else np.zeros(0, np.int64)
     entities = self.entity_fields(top)
-    thr = self.nil_threshold[mode]
+    rule = self.link_rule.get(mode) if logits is not None else None
+    if rule is None:
+      linked = conf >= self.nil_threshold[mode]
+    else:
+      linked = link_score(np.asarray(logits), conf, rule["alpha"]) >= rule["threshold"]
     out = []
     for i, m in enumerate(mentions):
       start, end = (None, None) if spans is None else spans[i]
       out.append(results.span(m.mention, entities[i], conf[i],
-                              conf[i] < thr or top[i] < 0, start=start, end=end))
+                              not linked[i] or top[i] < 0, start=start, end=end))
     if top_k:
       for r, cands in zip(out, self._candidates(ranked, probs, top_k)):
         r["candidates"] = cands
@@ -440,15 +451,17 @@ class Linker:
     mode = mode or self.mode
     self._check(mode, top_k)
     spans = self.detect(texts)
-    flat, where = [], []
+    flat, where, logits = [], [], []
     max_len = self.config.data.max_context_len
     for t, text_spans in enumerate(spans):
-      for s, e, _ in text_spans:
+      for s, e, logit in text_spans:
         flat.append(mention_of(texts[t], s, e, max_len))
         where.append((t, s, e))
+        logits.append(logit)
     span_worlds = None if worlds is None else [worlds[t] for t, _, _ in where]
     ranked = self.ranked(flat, span_worlds, mode)
-    found = self._results(flat, ranked, mode, top_k, spans=[w[1:] for w in where])
+    found = self._results(flat, ranked, mode, top_k, spans=[w[1:] for w in where],
+                          logits=np.asarray(logits, np.float64))
     out: list[list[dict]] = [[] for _ in texts]
     for (t, _, _), r in zip(where, found):
       out[t].append(r)
@@ -527,6 +540,15 @@ def probabilities(scores: np.ndarray) -> np.ndarray:
   with np.errstate(divide="ignore", invalid="ignore"):  # Those rows are discarded.
     p = e / e.sum(1, keepdims=True)
   return np.where(has[:, None], p, 0.0).astype(np.float32)
+
+
+def link_score(logit: np.ndarray, conf: np.ndarray, alpha: float | None) -> np.ndarray:
+  """What a detected span's link is cut on: its confidence (alpha None), or its
+  mention logit + alpha * log(confidence) (the calibrated `link_rule`)."""
+  conf = np.asarray(conf, np.float64)
+  if alpha is None:
+    return conf
+  return np.asarray(logit, np.float64) + alpha * np.log(np.maximum(conf, 1e-30))
 
 
 def confidence(scores: np.ndarray) -> np.ndarray:
