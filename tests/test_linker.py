@@ -202,23 +202,14 @@ def test_calibration_picks_the_width_bonus_that_finds_whole_names(tok):
   assert out["width_bonus"] == 0.0 and out["heldout_mention_f1"] < 1.0
 
 
-def test_calibration_for_linking_drops_a_span_linked_wrong(tok):
-  """Mention F1 keeps a NIL gold the linker links confidently (to the wrong entity);
-  linking F1 is better without it, and the only way to drop it is a higher
-  mention threshold (a NIL threshold above .9997 would drop the right links too)."""
-  text = "the cat sat on the mat."
-  gold = Document(id="d", text=text, spans=(jsonl.Span(4, 7, 5, "", "cat"),
-                                            jsonl.Span(8, 11, -1, "", "sat"),
-                                            jsonl.Span(19, 22, 6, "", "mat")))
-  w = documents.make_windows(tok, [text], max_len=16, max_width=3)
-  logits = np.full(w.valid.shape, -9.0, np.float32)
-  logits[0, 2, 0], logits[0, 3, 0], logits[0, 6, 0] = 3.0, 1.0, 2.0  # cat, sat, mat
-  best = {"cat": (5, 3.0), "sat": (7, 8.0), "mat": (6, 2.2)}  # (entity, score vs 0.0)
+def _fake_linker(tok, logits, best, objective):
+  """What `calibrate` reads: fixed span logits, and per mention text its best
+  (entity, score), against a second candidate (99) scoring 0."""
 
-  class FakeLinker:  # What `calibrate` reads.
+  class FakeLinker:
     config = ml_collections.ConfigDict({"linker": {
         "max_len": 16, "max_width": 3, "width_bonus_grid": (0.0,), "nil_prior": 0.1,
-        "calibration_objective": "mention_detection/strong/f1"},
+        "calibration_objective": objective, "link_alpha_grid": ()},
         "data": {"max_context_len": 16}})
     width_bonus = 0.0
 
@@ -234,10 +225,26 @@ def test_calibration_for_linking_drops_a_span_linked_wrong(tok):
                         np.float32).reshape(-1, 2)
       return ids, scores
 
-  out = calibration.calibrate(FakeLinker(), [gold], modes=("fast",))
+  return FakeLinker()
+
+
+def test_calibration_for_linking_drops_a_span_linked_wrong(tok):
+  """Mention F1 keeps a NIL gold the linker links confidently (to the wrong entity);
+  linking F1 is better without it, and the only way to drop it is a higher
+  mention threshold (a NIL threshold above .9997 would drop the right links too)."""
+  text = "the cat sat on the mat."
+  gold = Document(id="d", text=text, spans=(jsonl.Span(4, 7, 5, "", "cat"),
+                                            jsonl.Span(8, 11, -1, "", "sat"),
+                                            jsonl.Span(19, 22, 6, "", "mat")))
+  w = documents.make_windows(tok, [text], max_len=16, max_width=3)
+  logits = np.full(w.valid.shape, -9.0, np.float32)
+  logits[0, 2, 0], logits[0, 3, 0], logits[0, 6, 0] = 3.0, 1.0, 2.0  # cat, sat, mat
+  best = {"cat": (5, 3.0), "sat": (7, 8.0), "mat": (6, 2.2)}  # (entity, score vs 0.0)
+  fake = _fake_linker(tok, logits, best, "mention_detection/strong/f1")
+  out = calibration.calibrate(fake, [gold], modes=("fast",))
   assert out["mention_threshold"] <= 1.0 and out["heldout_mention_f1"] == 1.0
-  FakeLinker.config.linker.calibration_objective = "linking/strong/f1"
-  out = calibration.calibrate(FakeLinker(), [gold], modes=("fast",))
+  fake.config.linker.calibration_objective = "linking/strong/f1"
+  out = calibration.calibrate(fake, [gold], modes=("fast",))
   assert 1.0 < out["mention_threshold"] <= 2.0
   assert out["heldout_linking_f1"] == {"fast": 1.0}
   assert out["nil_threshold"]["fast"] == -np.inf  # Nothing left to say NIL to.
@@ -259,30 +266,11 @@ def test_calibration_for_linking_finds_a_joint_cut_no_pair_of_thresholds_finds(t
   # Scores against a second candidate at 0: confidence = sigmoid(score).
   logit = lambda p: float(np.log(p / (1 - p)))
   best = {"cat": (5, logit(.525)), "sat": (7, logit(.9)), "mat": (6, logit(.95))}
-
-  class FakeLinker:  # What `calibrate` reads.
-    config = ml_collections.ConfigDict({"linker": {
-        "max_len": 16, "max_width": 3, "width_bonus_grid": (0.0,), "nil_prior": 0.1,
-        "calibration_objective": "linking/strong/f1", "link_alpha_grid": ()},
-        "data": {"max_context_len": 16}})
-    width_bonus = 0.0
-
-    def __init__(self):
-      self.tok = tok
-
-    def span_logits(self, windows):
-      return logits
-
-    def scored(self, mentions, worlds, mode):
-      ids = np.array([[best[m.mention][0], 99] for m in mentions], np.int64).reshape(-1, 2)
-      scores = np.array([[best[m.mention][1], 0.0] for m in mentions],
-                        np.float32).reshape(-1, 2)
-      return ids, scores
-
-  separate = calibration.calibrate(FakeLinker(), [gold], modes=("fast",))
+  fake = _fake_linker(tok, logits, best, "linking/strong/f1")
+  separate = calibration.calibrate(fake, [gold], modes=("fast",))
   assert separate["heldout_linking_f1"]["fast"] < 1.0 and separate["link_rule"] == {}
-  FakeLinker.config.linker.link_alpha_grid = (1.0, 4.0, 16.0)
-  joint = calibration.calibrate(FakeLinker(), [gold], modes=("fast",))
+  fake.config.linker.link_alpha_grid = (1.0, 4.0, 16.0)
+  joint = calibration.calibrate(fake, [gold], modes=("fast",))
   assert joint["heldout_linking_f1"] == {"fast": 1.0}
   rule = joint["link_rule"]["fast"]
   assert rule["alpha"] == 4.0 and 0.779 < rule["threshold"] <= 0.796
