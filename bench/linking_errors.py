@@ -9,11 +9,16 @@ F1 can be read as its parts:
                    its entity's title (case aside) is most likely a real
                    mention the annotators left out ("Switzerland" -> Switzerland);
   NIL spans        detected, then not linked, split as above;
-  gold spans       found (weakly) with the right entity, linked to a wrong one,
-                   detected but NIL, or not detected at all;
+  gold spans       of catalogue entities: found (weakly) with the right
+                   entity, covered by a span linked to another gold span's
+                   entity ("merged": a boundary error), linked to a wrong
+                   entity, detected but NIL, or not detected at all; gold
+                   spans outside the catalogue (NIL gold) are counted apart,
+                   as left NIL, linked, or not detected;
   by form          the same for spans that start in lower case (common nouns,
-                   "the university") and for personal pronouns ("he", "her"),
-                   which some sets annotate and others never do.
+                   "the university"), for he/she pronouns ("he", "her"), which
+                   some sets annotate and others never do, and for the rest
+                   ("capitalised", or "other" when not starting with a letter).
 
 No retraining; nothing in WORKDIR is written. Prints one JSON line.
 
@@ -38,12 +43,15 @@ PRONOUNS = frozenset("he him his himself she her hers herself".split())
 def form(text: str) -> str:
   if text.lower() in PRONOUNS:
     return "pronoun"
+  if not text[:1].isalpha():
+    return "other"
   return "lower_case" if text[:1].islower() else "capitalised"
 
 
 def sort_spans(text: str, gold: list[tuple], pred: list[dict], counts: collections.Counter
                ) -> None:
-  """Adds one document's spans to `counts`; `gold` holds (start, end, entity id)."""
+  """Adds one document's spans to `counts`; `gold` holds (start, end, entity id),
+  NIL gold as span_metrics.NIL_ID."""
   hit = collections.defaultdict(set)  # Gold row -> what touched it.
   for p in pred:
     over = [i for i, (s, e, _) in enumerate(gold) if s < p["end"] and p["start"] < e]
@@ -59,14 +67,23 @@ def sort_spans(text: str, gold: list[tuple], pred: list[dict], counts: collectio
     counts[f"{kind}/{verdict}"] += 1
     counts[f"{kind}/{form(text[p['start']:p['end']])}/{verdict}"] += 1
     for i in over:
-      hit[i].add("nil" if p["nil"] else ("right" if p["entity_id"] == gold[i][2] else "wrong"))
+      if p["nil"]:
+        hit[i].add("nil")
+      elif p["entity_id"] == gold[i][2]:
+        hit[i].add("right")
+      else:
+        # Right for another gold span it covers: the boundary is the error.
+        hit[i].add("merged" if right else "wrong")
   for i, (s, e, label) in enumerate(gold):
     what = hit.get(i, set())
-    verdict = ("right" if "right" in what else "wrong" if "wrong" in what
-               else "nil" if "nil" in what else "undetected")
+    if label == span_metrics.NIL_ID:
+      verdict = ("linked" if what & {"right", "merged", "wrong"} else
+                 "nil" if what else "undetected")
+      counts[f"nil_gold/{verdict}"] += 1
+      continue
+    verdict = next((v for v in ("right", "merged", "wrong", "nil") if v in what), "undetected")
     counts[f"gold/{verdict}"] += 1
     counts[f"gold/{form(text[s:e])}/{verdict}"] += 1
-    counts["gold/in_catalogue" if label >= 0 else "gold/not_in_catalogue"] += 1
 
 
 def main():
