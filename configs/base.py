@@ -50,6 +50,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # ~10,000 weakly annotated summaries.
   config.data.calibration_fraction = 0.0
   config.data.dev_document_repeat = 1
+  # Whether weakly annotated summaries mark a common noun's lower-case form
+  # ("city", "species") as a mention for the linker's mention detection. The
+  # (mention, entity) pairs of the bi-encoder and cross-encoder keep them.
+  config.data.weak_common_nouns = True
   config.data.skip_bad = False    # Skip and count bad records instead of failing.
   config.data.max_context_len = 128
   config.data.max_entity_len = 128

@@ -158,3 +158,16 @@ def test_hybrid_retrieval_settings_are_part_of_the_candidates_identity(tmp_path)
   config.retrieval.window = 50
   narrower = candidates_stage.identity(str(tmp_path), config)
   assert dense != hybrid != narrower != dense
+
+
+def test_the_linkers_fingerprint_sees_its_documents_annotation_not_only_their_number():
+  from blink_jax.data.jsonl import Document, Span
+  from blink_jax.stages import linker as linker_stage
+  config = chain_config()
+  text = "Rome is a city."
+  both = [Document("a", text, (Span(0, 4, 2, "Rome", "Rome"), Span(10, 14, 1, "City", "city")))]
+  rome = [Document("a", text, (Span(0, 4, 2, "Rome", "Rome"),))]
+  other_id = [Document("a", text, (Span(0, 4, 3, "Rome", "Rome"),))]
+  fp = lambda docs: linker_stage.fingerprint(config, {}, docs)
+  assert fp(both) == fp([Document("a", text, tuple(both[0].spans))])
+  assert len({json.dumps(fp(d), sort_keys=True) for d in (both, rome, other_id)}) == 3

@@ -217,3 +217,32 @@ def test_runlocal_on_the_wikiel_dev_data(tmp_path):
   # Even a barely trained model fused with the name view finds more than BM25 alone.
   assert (saved["oke_2016/bi-encoder, hybrid"]["macro/recall@64"]
           > saved["oke_2016/BM25"]["macro/recall@64"])
+
+
+def test_weak_documents_can_leave_out_common_nouns():
+  names = wikipedia.weak_labels.Annotator([
+      wikipedia.weak_labels.Name("City", 1, is_common_noun=True),
+      wikipedia.weak_labels.Name("Rome", 2),
+      wikipedia.weak_labels.Name("Species", -1, is_common_noun=True)])
+  text = "Rome is a city. Its species and its City Council."
+  annotated = wikipedia.annotate([wikipedia.Summary("Rome", text, "", "Places")], names)
+  spans = lambda docs: [(text[s.start:s.end], s.label_id) for s in docs[0].spans]
+  # The subject's own name is a span of its document; "City" is a title match.
+  assert spans(wikipedia.weak_documents(annotated)) == [
+      ("Rome", 2), ("city", 1), ("species", -1), ("City", 1)]
+  assert spans(wikipedia.weak_documents(annotated, common_nouns=False)) == [
+      ("Rome", 2), ("City", 1)]
+
+
+def test_the_common_noun_option_changes_only_the_linkers_documents(small_wikiel, tmp_path):
+  config = _config("runlocal,fold=oke_2015", small_wikiel)
+  with_nouns = sources.load(config, str(tmp_path), documents=True)
+  config.data.weak_common_nouns = False
+  without = sources.load(config, str(tmp_path), documents=True)
+  assert [m.id for m in without.train] == [m.id for m in with_nouns.train]
+  lower = lambda data: sum(s.mention[:1].islower()
+                           for d in data.train_documents if str(d.id).startswith("wiki:")
+                           for s in d.spans)
+  assert [str(d.id) for d in without.train_documents] == [
+      str(d.id) for d in with_nouns.train_documents]
+  assert lower(with_nouns) > 0 and lower(without) < lower(with_nouns)

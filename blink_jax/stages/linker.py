@@ -32,6 +32,7 @@ turns NIL off.
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import jax
@@ -63,10 +64,23 @@ from blink_jax.models import mention_detection
 STAGE = "linker"
 
 
+def documents_digest(docs: list[Document]) -> str:
+  """A digest of training documents: ids, texts and spans.
+
+  Their number alone misses a change of annotation (e.g. `data.weak_common_nouns`
+  drops spans, not documents).
+  """
+  h = hashlib.sha256()
+  for d in docs:
+    h.update(repr((str(d.id), d.text, [(s.start, s.end, s.label_id) for s in d.spans]))
+             .encode("utf-8"))
+  return h.hexdigest()[:16]
+
+
 def fingerprint(config: ml_collections.ConfigDict, upstream: dict,
-                num_documents: int) -> dict:
+                docs: list[Document]) -> dict:
   """What a linker checkpoint must agree on to be resumed under `config`, including
-  the bi-encoder it started from."""
+  the bi-encoder it started from and the documents it trains on."""
   lc = config.linker
   return {"model": config.model.to_dict(), "tokenizer": config.tokenizer,
           "seed": config.seed, "data.max_context_len": config.data.max_context_len,
@@ -74,7 +88,7 @@ def fingerprint(config: ml_collections.ConfigDict, upstream: dict,
           "linker.max_len": lc.max_len, "linker.max_width": lc.max_width, "linker.k": lc.k,
           "linker.global_batch": lc.train.global_batch,
           "linker.mention_batch": lc.train.mention_batch,
-          "linker.link_weight": lc.link_weight, "linker.documents": num_documents,
+          "linker.link_weight": lc.link_weight, "linker.documents": len(docs), "linker.documents_digest": documents_digest(docs),
           "optim": lc.optim.to_dict(), "upstream": upstream}
 
 
@@ -280,7 +294,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   # The entity tower is frozen: the embeddings of the training loss are the
   # index's, whatever the step.
   fp = fingerprint(config, {student.identity["stage"]: student.identity},
-                   len(data.train_documents))
+                   data.train_documents)
   model_id = workdir_lib.identity(STAGE, total_steps, fp)
   full_index = linker_lib.make_index(config, entities, entity_emb, mesh, model_id)
   cross = (load_lib.load(workdir, "crossencoder", mesh)
