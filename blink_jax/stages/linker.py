@@ -32,7 +32,6 @@ turns NIL off.
 
 from __future__ import annotations
 
-import hashlib
 import time
 
 import jax
@@ -70,11 +69,8 @@ def documents_digest(docs: list[Document]) -> str:
   Their number alone misses a change of annotation (e.g. `data.weak_common_nouns`
   drops spans, not documents).
   """
-  h = hashlib.sha256()
-  for d in docs:
-    h.update(repr((str(d.id), d.text, [(s.start, s.end, s.label_id) for s in d.spans]))
-             .encode("utf-8"))
-  return h.hexdigest()[:16]
+  return workdir_lib.digest([(str(d.id), d.text, [(s.start, s.end, s.label_id) for s in d.spans])
+                             for d in docs])
 
 
 def fingerprint(config: ml_collections.ConfigDict, upstream: dict,
@@ -88,7 +84,8 @@ def fingerprint(config: ml_collections.ConfigDict, upstream: dict,
           "linker.max_len": lc.max_len, "linker.max_width": lc.max_width, "linker.k": lc.k,
           "linker.global_batch": lc.train.global_batch,
           "linker.mention_batch": lc.train.mention_batch,
-          "linker.link_weight": lc.link_weight, "linker.documents": len(docs), "linker.documents_digest": documents_digest(docs),
+          "linker.link_weight": lc.link_weight, "linker.documents": len(docs),
+          "linker.documents_digest": documents_digest(docs),
           "optim": lc.optim.to_dict(), "upstream": upstream}
 
 
