@@ -146,8 +146,13 @@ def test_train_resume_metrics_and_index_on_gcs(root, tmp_path):
   assert storage.exists(f"{workdir}/index/{index_lib.MANIFEST}")
   loaded = index_lib.Index.load(f"{workdir}/index", expect_model=built.model)
   queries = np.random.default_rng(0).normal(size=(3, loaded.dim)).astype(np.float32)
-  for a, b in zip(built.search(queries, 5), loaded.search(queries, 5)):
-    np.testing.assert_array_equal(a, b)
+  (built_scores, built_ids), (loaded_scores, loaded_ids) = (
+      built.search(queries, 5), loaded.search(queries, 5))
+  np.testing.assert_array_equal(loaded_ids, built_ids)
+  # The built index holds its rows where training left them (no spare rows), the
+  # loaded one with headroom for additions: XLA may block the matmul differently
+  # for the two shapes, so scores agree to float32 rounding, not bit for bit.
+  np.testing.assert_allclose(loaded_scores, built_scores, rtol=1e-6, atol=1e-5)
   # Saved again over itself (a rebuild): replaced, still whole.
   loaded.save(f"{workdir}/index")
   assert index_lib.Index.load(f"{workdir}/index").search(queries, 5)[1].tolist() == \
