@@ -54,6 +54,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # ("city", "species") as a mention for the linker's mention detection. The
   # (mention, entity) pairs of the bi-encoder and cross-encoder keep them.
   config.data.weak_common_nouns = True
+  # Whether each training pair of a person gets a copy with the mention replaced
+  # by the given name ("[Stanley Kubrick] directed" -> "[Stanley] directed"):
+  # the summaries never name a person by first name alone.
+  config.data.given_names = False
   config.data.skip_bad = False    # Skip and count bad records instead of failing.
   config.data.max_context_len = 128
   config.data.max_entity_len = 128

@@ -96,6 +96,15 @@ def test_name_helpers():
   assert wl.looks_like_common_noun("Director (business)", "A director is a board member.")
 
 
+def test_given_name():
+  assert wl.given_name("Stanley Kubrick") == "Stanley"
+  assert wl.given_name("David Beckham (footballer)") == "David"
+  assert wl.given_name("Martin Luther King Jr.") == "Martin"
+  assert wl.given_name("Plato") is None              # One word.
+  assert wl.given_name("Pope Francis") is None       # A rank, not a name.
+  assert wl.given_name("J. R. R. Tolkien") is None   # An initial.
+
+
 def test_pronouns_name_the_subject_of_a_persons_own_article():
   a = wl.Annotator([wl.Name("Marie Curie", 1, is_person=True),
                     wl.Name("Pierre Curie", 2, is_person=True),

@@ -246,3 +246,43 @@ def test_the_common_noun_option_changes_only_the_linkers_documents(small_wikiel,
   assert [str(d.id) for d in without.train_documents] == [
       str(d.id) for d in with_nouns.train_documents]
   assert lower(with_nouns) > 0 and lower(without) < lower(with_nouns)
+
+
+def test_given_name_copies_of_a_persons_pairs():
+  Name = wikipedia.weak_labels.Name
+  names = wikipedia.weak_labels.Annotator([
+      Name("Stanley Kubrick", 1, is_person=True), Name("Rome", 2),
+      Name("Ronald Reagan", 3, is_person=True), Name("Plato", 4, is_person=True)])
+  annotated = wikipedia.annotate([
+      wikipedia.Summary("Film", "Stanley Kubrick left Rome. Kubrick read Plato.", "", ""),
+      wikipedia.Summary("Ronald Reagan", "Ronald Wilson Reagan was an actor. His films "
+                        "pleased Plato.", "", "People")], names)
+  plain = wikipedia.weak_pairs(annotated, max_per_entity=10)
+  pairs = wikipedia.weak_pairs(annotated, max_per_entity=10, given_names=True,
+                               is_person=names.is_person)
+  text = lambda m: f"{m.context_left}[{m.mention}]{m.context_right}"
+  assert [text(m) for m in pairs if m not in plain] == [
+      "[Stanley] left Rome. Kubrick read Plato.",   # Full name: cut to the given name.
+      "Stanley Kubrick left Rome. [Stanley] read Plato.",  # Surname.
+      # "Ronald Wilson [Reagan]": the given name was just written; no copy.
+      "Ronald Wilson Reagan was an actor. [Ronald]'s films pleased Plato."]  # Pronoun.
+  # Rome is no person, Plato has no given name: no copies; the originals are all kept.
+  assert [m for m in pairs if not str(m.id).endswith(":given")] == plain
+  assert {m.label_id for m in pairs if str(m.id).endswith(":given")} == {1, 3}
+  assert wikipedia.pairs_digest(pairs) != wikipedia.pairs_digest(plain)
+
+
+def test_training_text_is_part_of_every_training_stages_fingerprint(small_wikiel, tmp_path):
+  from blink_jax.stages import biencoder as biencoder_stage  # pylint: disable=g-import-not-at-top
+  from blink_jax.stages import distill as distill_stage  # pylint: disable=g-import-not-at-top
+  config = _config("runlocal,fold=oke_2015", small_wikiel)
+  plain = sources.load(config, str(tmp_path), documents=False)
+  config.data.given_names = True
+  given = sources.load(config, str(tmp_path), documents=False)
+  # The copies add pairs; the fingerprint holds a digest of their text as well.
+  assert len(given.train) > len(plain.train)
+  assert plain.train_text and given.train_text != plain.train_text
+  assert (biencoder_stage.fingerprint(config, given)["data.train_text"]
+          != biencoder_stage.fingerprint(config, plain)["data.train_text"])
+  assert (distill_stage.fingerprint(config, {}, given)["data.train_text"]
+          == given.train_text)

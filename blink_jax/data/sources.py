@@ -59,6 +59,10 @@ class LinkingData:
   # stage. Empty: the linker holds out `linker.heldout_fraction` of
   # train_documents instead.
   calibration_documents: list[Document] = dataclasses.field(default_factory=list)
+  # A digest of the training mentions' text, from a source that builds them in
+  # memory (wikipedia): its options change text without changing labels, and
+  # stage fingerprints must see that. "" where the text lives in files.
+  train_text: str = ""
 
   def entities_for(self, mentions: Records[Mention]) -> Records[Entity]:
     """The catalogue restricted to the worlds of `mentions` (all if no worlds)."""

@@ -91,6 +91,31 @@ def surname(title: str) -> str | None:
   return words[-1] if len(words) >= 2 else None
 
 
+# Words that open a person's title but are not a given name ("Pope Francis",
+# "Queen Victoria"): such a title yields no given-name form.
+_NOT_GIVEN_NAMES = frozenset("""
+Pope Saint St. St King Queen Prince Princess Emperor Empress Sir Lord Lady Dame Duke
+Tsar Czar Sultan Pharaoh Caliph Shah Mahatma
+""".split())
+
+
+def given_name(title: str) -> str | None:
+  """A person's first name ("Stanley Kubrick" -> "Stanley"), None where there is none.
+
+  None for one-word names, a title opened by a rank ("Pope Francis") or an
+  initial ("J. R. R. Tolkien").
+  """
+  words = short_title(title).replace(",", " ").split()
+  while words and words[-1] in _NAME_SUFFIXES:
+    words = words[:-1]
+  if len(words) < 2:
+    return None
+  first = words[0]
+  if first in _NOT_GIVEN_NAMES or not first[:1].isupper() or not first.isalpha() or len(first) < 2:
+    return None
+  return first
+
+
 def looks_like_common_noun(title: str, text: str) -> bool:
   """Whether an article's own lead writes its (sentence-case) title in lower case.
 
@@ -136,6 +161,10 @@ class Annotator:
       if k not in self._names and len({n.title for n, _ in found}) == 1:
         self._names[k] = found[0]
     self._max_len = min(_MAX_NAME_TOKENS, max((len(k) for k in self._names), default=1))
+
+  def is_person(self, title: str) -> bool:
+    name = self._by_title.get(title)
+    return name is not None and name.is_person
 
   def annotate(self, text: str, subject: str | None = None) -> list[Match]:
     """Non-overlapping matches in `text`, in order.

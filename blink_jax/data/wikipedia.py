@@ -33,6 +33,7 @@ import re
 from absl import logging
 
 from blink_jax import storage
+from blink_jax import workdir as workdir_lib
 from blink_jax.data import jsonl
 from blink_jax.data import weak_labels
 from blink_jax.data.jsonl import Document, Entity, Mention, Span
@@ -149,12 +150,21 @@ def weak_documents(annotated: Annotated, *, common_nouns: bool = True) -> list[D
 _SELF_KINDS = frozenset({"surname", "pronoun"})
 
 
-def weak_pairs(annotated: Annotated, *, max_per_entity: int) -> list[Mention]:
+def weak_pairs(annotated: Annotated, *, max_per_entity: int, given_names: bool = False,
+               is_person=lambda title: False) -> list[Mention]:
   """(mention in context, entity) pairs of the annotated summaries.
 
   Dropped: NIL spans (no entity to learn), self-mentions by title (above), and
   pairs beyond `max_per_entity` per entity, first come first kept (summaries
   in title order), so "United States" does not outweigh the long tail.
+
+  `given_names`: each pair of a person is followed by a copy in which the
+  mention (full name, surname or pronoun) is replaced by the given name:
+  "directed by [Stanley Kubrick] in 1968" -> "directed by [Stanley] in 1968".
+  Writers introduce people by full name and go on by surname or pronoun,
+  all of which the annotation finds; a first name alone, which other text
+  uses ("David and Victoria"), never occurs, so without these copies the
+  model never learns to tell people apart by context under a first name.
   """
   seen: dict[int, int] = {}
   out = []
@@ -165,10 +175,27 @@ def weak_pairs(annotated: Annotated, *, max_per_entity: int) -> list[Mention]:
       if seen.get(m.label_id, 0) >= max_per_entity:
         continue
       seen[m.label_id] = seen.get(m.label_id, 0) + 1
-      out.append(Mention(context_left=s.extract[:m.start], mention=s.extract[m.start:m.end],
-                         context_right=s.extract[m.end:], label_id=m.label_id,
+      left, right = s.extract[:m.start], s.extract[m.end:]
+      out.append(Mention(context_left=left, mention=s.extract[m.start:m.end],
+                         context_right=right, label_id=m.label_id,
                          id=f"wiki:{s.title}#{i}", label_title=m.title))
+      first = weak_labels.given_name(m.title) if given_names and is_person(m.title) else None
+      # Not inside the full name just written ("Ronald Wilson [Reagan]").
+      if first and first != out[-1].mention and first not in left.split()[-3:]:
+        possessive = out[-1].mention.lower() in ("his", "hers")
+        out.append(dataclasses.replace(out[-1], mention=first, id=f"wiki:{s.title}#{i}:given",
+                                       context_right=("'s" if possessive else "") + right))
   return out
+
+
+def pairs_digest(pairs: list[Mention]) -> str:
+  """A digest of training pairs' text and labels.
+
+  A stage's fingerprint holds the training labels; an option that changes
+  only the text must change the fingerprint too.
+  """
+  return workdir_lib.digest([(str(m.id), m.context_left, m.mention, m.context_right,
+                              m.label_id) for m in pairs])
 
 
 def document_of(mention: Mention) -> str:
@@ -191,12 +218,14 @@ def load(d, *, documents: bool) -> dict:
   summaries = read_summaries(summaries_path(d.get("summaries") or None))
   if d.get("max_summaries"):
     summaries = summaries[:d.max_summaries]
-  annotated = annotate(summaries, annotator(list(entities), summaries))
+  names = annotator(list(entities), summaries)
+  annotated = annotate(summaries, names)
   dev = [in_dev_slice(s.title, d.summaries_dev_fraction) for s, _ in annotated]
   train_part = [a for a, held in zip(annotated, dev) if not held]
   dev_part = [a for a, held in zip(annotated, dev) if held]
   cap = d.max_pairs_per_entity
-  pairs = weak_pairs(train_part, max_per_entity=cap)
+  pairs = weak_pairs(train_part, max_per_entity=cap,
+                     given_names=bool(d.get("given_names", False)), is_person=names.is_person)
   train_docs = weak_documents(train_part, common_nouns=bool(d.get("weak_common_nouns", True)))
   log_weak_stats(train_docs, pairs)
   train_sets = [s for s in DEV_SETS if s != d.fold]
@@ -214,6 +243,7 @@ def load(d, *, documents: bool) -> dict:
   out = {
       "entities": entities,
       "train": Records.concat([Records.of(pairs)] + trained),
+      "train_text": pairs_digest(pairs),
       "evals": ({d.fold: mentions[d.fold]} if d.fold else {})
                | {"summaries_dev": Records.of(weak_pairs(dev_part, max_per_entity=cap))},
   }

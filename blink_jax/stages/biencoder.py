@@ -155,6 +155,7 @@ def fingerprint(config: ml_collections.ConfigDict, data: sources.LinkingData) ->
           "data.max_context_len": config.data.max_context_len,
           "data.max_entity_len": config.data.max_entity_len,
           "data.train": retrieve.fingerprint_of(data.train.labels),
+          **({"data.train_text": data.train_text} if data.train_text else {}),
           "data.entities": retrieve.fingerprint_of(data.entities.labels),
           "train.global_batch": config.train.global_batch,
           "optim": config.optim.to_dict(),
