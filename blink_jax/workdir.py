@@ -33,6 +33,7 @@ from typing import Any, Mapping
 
 import jax
 import ml_collections
+import numpy as np
 
 from blink_jax import config_utils
 from blink_jax import storage
@@ -107,6 +108,16 @@ def digest(obj: Any, n: int = 16) -> str:
   """A short, stable digest of a JSON-able object."""
   text = json.dumps(obj, sort_keys=True, default=str)
   return hashlib.sha256(text.encode()).hexdigest()[:n]
+
+
+def fingerprint_of(*arrays: np.ndarray) -> str:
+  """A short digest of arrays (e.g. a mention set's labels)."""
+  h = hashlib.sha256()
+  for a in arrays:
+    a = np.ascontiguousarray(a)
+    h.update(str((a.dtype, a.shape)).encode())
+    h.update(a.tobytes())
+  return h.hexdigest()[:16]
 
 
 def identity(stage: str, step: int, fingerprint: Mapping[str, Any]) -> dict:

@@ -34,6 +34,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from blink_jax import storage
+from blink_jax import workdir as workdir_lib
 from blink_jax.data import jsonl
 from blink_jax.data import synthetic
 from blink_jax.data import wikipedia
@@ -63,6 +64,12 @@ class LinkingData:
   # memory (wikipedia): its options change text without changing labels, and
   # stage fingerprints must see that. "" where the text lives in files.
   train_text: str = ""
+
+  def train_identity(self) -> dict[str, str]:
+    """What a training stage's fingerprint holds of its training mentions: their
+    labels, and their text where the source digested it."""
+    return {"data.train": workdir_lib.fingerprint_of(self.train.labels),
+            **({"data.train_text": self.train_text} if self.train_text else {})}
 
   def entities_for(self, mentions: Records[Mention]) -> Records[Entity]:
     """The catalogue restricted to the worlds of `mentions` (all if no worlds)."""

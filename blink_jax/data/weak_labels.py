@@ -83,11 +83,17 @@ def short_title(title: str) -> str:
   return _QUALIFIER.sub("", title)
 
 
-def surname(title: str) -> str | None:
-  """A person's last name ("Arthur C. Clarke" -> "Clarke"), None for one-word names."""
+def _name_words(title: str) -> list[str]:
+  """A person's name as words, without qualifier or suffix ("Jr.")."""
   words = short_title(title).replace(",", " ").split()
   while words and words[-1] in _NAME_SUFFIXES:
     words = words[:-1]
+  return words
+
+
+def surname(title: str) -> str | None:
+  """A person's last name ("Arthur C. Clarke" -> "Clarke"), None for one-word names."""
+  words = _name_words(title)
   return words[-1] if len(words) >= 2 else None
 
 
@@ -105,9 +111,7 @@ def given_name(title: str) -> str | None:
   None for one-word names, a title opened by a rank ("Pope Francis") or an
   initial ("J. R. R. Tolkien").
   """
-  words = short_title(title).replace(",", " ").split()
-  while words and words[-1] in _NAME_SUFFIXES:
-    words = words[:-1]
+  words = _name_words(title)
   if len(words) < 2:
     return None
   first = words[0]

@@ -175,16 +175,16 @@ def weak_pairs(annotated: Annotated, *, max_per_entity: int, given_names: bool =
       if seen.get(m.label_id, 0) >= max_per_entity:
         continue
       seen[m.label_id] = seen.get(m.label_id, 0) + 1
-      left, right = s.extract[:m.start], s.extract[m.end:]
-      out.append(Mention(context_left=left, mention=s.extract[m.start:m.end],
-                         context_right=right, label_id=m.label_id,
-                         id=f"wiki:{s.title}#{i}", label_title=m.title))
+      pair = Mention(context_left=s.extract[:m.start], mention=s.extract[m.start:m.end],
+                     context_right=s.extract[m.end:], label_id=m.label_id,
+                     id=f"wiki:{s.title}#{i}", label_title=m.title)
+      out.append(pair)
       first = weak_labels.given_name(m.title) if given_names and is_person(m.title) else None
       # Not inside the full name just written ("Ronald Wilson [Reagan]").
-      if first and first != out[-1].mention and first not in left.split()[-3:]:
-        possessive = out[-1].mention.lower() in ("his", "hers")
-        out.append(dataclasses.replace(out[-1], mention=first, id=f"wiki:{s.title}#{i}:given",
-                                       context_right=("'s" if possessive else "") + right))
+      if first and first != pair.mention and first not in pair.context_left.split()[-3:]:
+        possessive = "'s" if pair.mention.lower() in ("his", "hers") else ""
+        out.append(dataclasses.replace(pair, mention=first, id=f"{pair.id}:given",
+                                       context_right=possessive + pair.context_right))
   return out
 
 

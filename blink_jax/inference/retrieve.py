@@ -16,7 +16,6 @@ sets, stages and mining share one encode of it.
 from __future__ import annotations
 
 import collections
-import hashlib
 
 import numpy as np
 from jax.sharding import Mesh
@@ -33,16 +32,6 @@ from blink_jax.inference.ranking import Candidates
 
 _CACHE_SIZE = 2  # Embedded catalogues kept per process (each holds an index).
 _cache: collections.OrderedDict = collections.OrderedDict()
-
-
-def fingerprint_of(*arrays: np.ndarray) -> str:
-  """A short digest of arrays (e.g. a mention set's labels)."""
-  h = hashlib.sha256()
-  for a in arrays:
-    a = np.ascontiguousarray(a)
-    h.update(str((a.dtype, a.shape)).encode())
-    h.update(a.tobytes())
-  return h.hexdigest()[:16]
 
 
 class Catalogue:
@@ -80,7 +69,7 @@ def catalogue(model, tok: tokenization.Tokenizer, entities: Records[Entity], con
   """
   if model_id is None:
     return Catalogue(model, tok, entities, config, mesh)
-  key = workdir_lib.digest([model_id, fingerprint_of(entities.labels),
+  key = workdir_lib.digest([model_id, workdir_lib.fingerprint_of(entities.labels),
                             config.data.max_entity_len])
   if key in _cache:
     _cache.move_to_end(key)
@@ -97,7 +86,7 @@ _lexical_cache: collections.OrderedDict = collections.OrderedDict()
 
 def lexical_index(entities: Records[Entity], window: int) -> lexical.Lexical:
   """`lexical.Lexical(entities)`, built once per catalogue and window in a process."""
-  key = (fingerprint_of(entities.labels), window)
+  key = (workdir_lib.fingerprint_of(entities.labels), window)
   if key not in _lexical_cache:
     _lexical_cache[key] = lexical.Lexical(entities, window=window)
     while len(_lexical_cache) > _CACHE_SIZE:

@@ -43,8 +43,8 @@ def for_sets(config, workdir: str, sets: Mapping[str, Records[Mention]],
   for name, mentions in sets.items():
     entities = entities_for(mentions)
     meta = {"biencoder": trained.identity, "k": k, "retrieval": _retrieval(config),
-            "mentions": retrieve.fingerprint_of(mentions.labels),
-            "entities": retrieve.fingerprint_of(entities.labels)}
+            "mentions": workdir_lib.fingerprint_of(mentions.labels),
+            "entities": workdir_lib.fingerprint_of(entities.labels)}
     path = workdir_lib.candidates_path(workdir, name)
     stored = ckpt_lib.load_arrays(path, meta)
     if stored is None:

@@ -56,8 +56,7 @@ def fingerprint(config: ml_collections.ConfigDict, workdir: str,
           "k": c.k, "max_context_len": c.max_context_len,
           "max_entity_len": c.max_entity_len, "global_batch": c.train.global_batch,
           "optim": c.optim.to_dict(),
-          "data.train": retrieve.fingerprint_of(data.train.labels),
-          **({"data.train_text": data.train_text} if data.train_text else {}),
+          **data.train_identity(),
           "upstream": {"candidates": candidates_lib.identity(workdir, config)}}
 
 

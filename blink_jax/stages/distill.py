@@ -59,8 +59,7 @@ def fingerprint(config: ml_collections.ConfigDict, upstream: dict,
   return {"model": config.model.to_dict(), "tokenizer": config.tokenizer,
           "seed": config.seed, "data.max_context_len": config.data.max_context_len,
           "data.max_entity_len": config.data.max_entity_len,
-          "data.train": retrieve.fingerprint_of(data.train.labels),
-          **({"data.train_text": data.train_text} if data.train_text else {}),
+          **data.train_identity(),
           "distill.k": d.k, "alpha": d.alpha, "temperature": d.temperature,
           "train_entity_tower": d.train_entity_tower,
           "num_mentions": d.get("num_mentions", 0),
@@ -141,7 +140,7 @@ def teacher_scores(workdir: str, teacher: load_lib.Trained, builder: pipeline.Pa
                    name: str, mesh: Mesh) -> np.ndarray:
   """The cross-encoder's scores of `builder`'s candidates, computed once and stored."""
   meta = {"crossencoder": teacher.identity,
-          "candidates": retrieve.fingerprint_of(builder.candidate_ids,
+          "candidates": workdir_lib.fingerprint_of(builder.candidate_ids,
                                                 builder.mentions.labels)}
   path = workdir_lib.teacher_path(workdir, name)
   stored = ckpt_lib.load_arrays(path, meta)
