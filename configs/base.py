@@ -50,10 +50,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # ~10,000 weakly annotated summaries.
   config.data.calibration_fraction = 0.0
   config.data.dev_document_repeat = 1
-  # Whether weakly annotated summaries mark a common noun's lower-case form
-  # ("city", "species") as a mention for the linker's mention detection. The
-  # (mention, entity) pairs of the bi-encoder and cross-encoder keep them.
-  config.data.weak_common_nouns = True
+  # Which of the weak spans a common noun's lower-case form matched ("city",
+  # "species") the summaries mark as mentions for the linker's mention
+  # detection: all | catalogue (only those naming a catalogue entity) | none.
+  # The (mention, entity) pairs of the bi-encoder and cross-encoder keep them.
+  config.data.weak_common_nouns = "all"
   # Whether each training pair of a person gets a copy with the mention replaced
   # by the given name ("[Stanley Kubrick] directed" -> "[Stanley] directed"):
   # the summaries never name a person by first name alone.

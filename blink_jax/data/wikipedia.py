@@ -130,17 +130,26 @@ def annotate(summaries: list[Summary], names: weak_labels.Annotator) -> Annotate
   return [(s, names.annotate(s.extract, subject=s.title)) for s in summaries]
 
 
-def weak_documents(annotated: Annotated, *, common_nouns: bool = True) -> list[Document]:
+COMMON_NOUN_CHOICES = ("all", "catalogue", "none")
+
+
+def weak_documents(annotated: Annotated, *, common_nouns: str = "all") -> list[Document]:
   """Each summary as a document with its weak spans (mention detection's data).
 
-  `common_nouns=False` leaves out the spans a common noun's lower-case form
-  matched ("city", "well", "second"): over half of all weak spans, most of
-  them outside the catalogue, and words that test sets rarely mark.
+  `common_nouns` chooses which spans a common noun's lower-case form matched
+  ("city", "species", "well") stay mentions: "all"; "catalogue", only those
+  naming a catalogue entity ("city", "poet"; not "species", "history", which
+  are NIL here and so never linkable); or "none". Capitalised names are
+  always kept, NIL or not.
   """
+  if common_nouns not in COMMON_NOUN_CHOICES:
+    raise ValueError(f"config.data.weak_common_nouns={common_nouns!r}: choose one of "
+                     f"{', '.join(COMMON_NOUN_CHOICES)}.")
+  keep = lambda m: (m.kind != "lower" or common_nouns == "all"
+                    or (common_nouns == "catalogue" and m.label_id >= 0))
   return [Document(id=f"wiki:{s.title}", text=s.extract,
                    spans=tuple(Span(m.start, m.end, m.label_id, m.title,
-                                    s.extract[m.start:m.end]) for m in matches
-                               if common_nouns or m.kind != "lower"))
+                                    s.extract[m.start:m.end]) for m in matches if keep(m)))
           for s, matches in annotated]
 
 
@@ -226,7 +235,7 @@ def load(d, *, documents: bool) -> dict:
   cap = d.max_pairs_per_entity
   pairs = weak_pairs(train_part, max_per_entity=cap,
                      given_names=bool(d.get("given_names", False)), is_person=names.is_person)
-  train_docs = weak_documents(train_part, common_nouns=bool(d.get("weak_common_nouns", True)))
+  train_docs = weak_documents(train_part, common_nouns=d.get("weak_common_nouns", "all"))
   log_weak_stats(train_docs, pairs)
   train_sets = [s for s in DEV_SETS if s != d.fold]
   mentions = {s: jsonl.open_mentions(os.path.join(d.wikiel_dir, f"{s}.mentions.jsonl"),
