@@ -48,6 +48,7 @@ TEST_REQUIRES = [
     "pytest-xdist==3.8.0",  # CI runs the suite on both cores (-n 2, see tests/conftest.py).
     "httpx==0.29.0",  # The server's tests and bench/serve.py talk HTTP with it.
     "gcp-storage-emulator==2026.7.19",  # A local GCS server for tests/test_gcs.py.
+    "filelock==4.3.2",  # jax's compilation cache locks with it (tests/conftest.py).
 ]
 
 setuptools.setup(
