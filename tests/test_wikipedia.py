@@ -88,6 +88,14 @@ def test_an_unknown_fold_is_refused(small_wikiel, tmp_path):
     sources.check(_config("fold=oke2015", small_wikiel))
 
 
+def test_an_unknown_common_noun_choice_is_refused_before_any_work(small_wikiel):
+  config = _config("runlocal", small_wikiel)
+  config.data.weak_common_nouns = "False"  # The spelling before the option took three values.
+  # sources.check runs before any data is read or annotated.
+  with pytest.raises(ValueError, match="weak_common_nouns='False': choose one of all, "):
+    sources.check(config)
+
+
 def test_a_held_out_set_is_evaluated_and_never_trained_on(small_wikiel, tmp_path):
   config = _config("runlocal,fold=oke_2015", small_wikiel)
   data = sources.load(config, str(tmp_path), documents=True)

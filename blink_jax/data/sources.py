@@ -149,6 +149,7 @@ def check(config: ml_collections.ConfigDict) -> None:
     if d.fold and d.fold not in wikipedia.DEV_SETS:
       raise ValueError(f"config.data.fold={d.fold!r}: one of {', '.join(wikipedia.DEV_SETS)} "
                        "(held out), or empty (train on all).")
+    wikipedia.check_common_nouns(d.get("weak_common_nouns", "all"))
 
 
 def _check_jsonl_paths(d: ml_collections.ConfigDict) -> None:

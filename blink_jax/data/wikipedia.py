@@ -133,6 +133,12 @@ def annotate(summaries: list[Summary], names: weak_labels.Annotator) -> Annotate
 COMMON_NOUN_CHOICES = ("all", "catalogue", "none")
 
 
+def check_common_nouns(value: str) -> None:
+  if value not in COMMON_NOUN_CHOICES:
+    raise ValueError(f"config.data.weak_common_nouns={value!r}: choose one of "
+                     f"{', '.join(COMMON_NOUN_CHOICES)}.")
+
+
 def weak_documents(annotated: Annotated, *, common_nouns: str = "all") -> list[Document]:
   """Each summary as a document with its weak spans (mention detection's data).
 
@@ -142,9 +148,7 @@ def weak_documents(annotated: Annotated, *, common_nouns: str = "all") -> list[D
   are NIL here and so never linkable); or "none". Capitalised names are
   always kept, NIL or not.
   """
-  if common_nouns not in COMMON_NOUN_CHOICES:
-    raise ValueError(f"config.data.weak_common_nouns={common_nouns!r}: choose one of "
-                     f"{', '.join(COMMON_NOUN_CHOICES)}.")
+  check_common_nouns(common_nouns)
   keep = lambda m: (m.kind != "lower" or common_nouns == "all"
                     or (common_nouns == "catalogue" and m.label_id >= 0))
   return [Document(id=f"wiki:{s.title}", text=s.extract,
