@@ -141,7 +141,7 @@ def teacher_scores(workdir: str, teacher: load_lib.Trained, builder: pipeline.Pa
   """The cross-encoder's scores of `builder`'s candidates, computed once and stored."""
   meta = {"crossencoder": teacher.identity,
           "candidates": workdir_lib.fingerprint_of(builder.candidate_ids,
-                                                builder.mentions.labels)}
+                                                   builder.mentions.labels)}
   path = workdir_lib.teacher_path(workdir, name)
   stored = ckpt_lib.load_arrays(path, meta)
   if stored is not None:
