@@ -97,12 +97,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # calibration_objective.py, BENCHMARKS.md); strong linking F1, a little
   # higher on the OKE folds in full mode, was not picked on that evidence.
   config.linker.calibration_objective = "linking/weak/f1"
-  # 400 steps of 16 windows (6,400 of the ~14,700), each with 16 linking
-  # examples. Against 200 steps of 32 examples, held-out weak linking F1
-  # (full) rose on every fold: OKE-2015 .583 -> .625, OKE-2016 .580 -> .589,
-  # KORE50 .359 -> .369; 32 examples a step lift OKE-2015 to .640 but cost
-  # 3.4 s a step against 2.4 and would take the chain past ~60 min quiet
-  # (BENCHMARKS.md, "the linker trained twice as long").
+  # 400 steps of 16 windows (6,400 of the ~14,700); each step also trains
+  # linking on 16 gold spans. Against 200 steps of 32 spans, held-out weak
+  # linking F1 (full) rose on every fold: OKE-2015 .583 -> .625, OKE-2016
+  # .580 -> .589, KORE50 .359 -> .369. 32 spans a step lift OKE-2015 to .640
+  # but cost 3.4 s a step against 2.4, and the chain is already ~56-65 min
+  # quiet (BENCHMARKS.md, "the recipe's linker now trains 400 steps").
   config.linker.train.global_batch = 16
   config.linker.train.mention_batch = 16
   config.linker.train.num_steps = 400
