@@ -77,6 +77,12 @@ def nil_threshold(s_in: np.ndarray, correct: np.ndarray, s_out: np.ndarray,
   return float(cands[int(np.argmax(acc))])
 
 
+def threshold_grid(span_logits: np.ndarray) -> np.ndarray:
+  """The mention thresholds tried: 0 and 60 quantiles of the span logits (80-99.99%)."""
+  return np.unique(np.concatenate([[0.0], np.quantile(span_logits,
+                                                      np.linspace(0.8, 0.9999, 60))]))
+
+
 def calibrate(linker: linker_lib.Linker, docs: list[Document], modes) -> dict:
   """Mention and NIL thresholds from held-out documents (see the module docstring)."""
   lc = linker.config.linker
@@ -84,8 +90,7 @@ def calibrate(linker: linker_lib.Linker, docs: list[Document], modes) -> dict:
   windows = documents.make_windows(linker.tok, texts, max_len=lc.max_len,
                                    max_width=lc.max_width)
   logits = linker.span_logits(windows)
-  vals = logits[windows.valid]
-  grid = np.unique(np.concatenate([[0.0], np.quantile(vals, np.linspace(0.8, 0.9999, 60))]))
+  grid = threshold_grid(logits[windows.valid])
   # The threshold and the decoder's width bonus that find the held-out spans
   # best (strong F1); ties go to the smaller bonus, then the lower threshold.
   best = (-1.0, 0.0, 0.0)
