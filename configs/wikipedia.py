@@ -101,8 +101,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # linking on 16 gold spans. Against 200 steps of 32 spans, held-out weak
   # linking F1 (full) rose on every fold: OKE-2015 .583 -> .625, OKE-2016
   # .580 -> .589, KORE50 .359 -> .369. 32 spans a step lift OKE-2015 to .640
-  # but cost 3.4 s a step against 2.4, and the chain is already ~56-65 min
-  # quiet (BENCHMARKS.md, "the recipe's linker now trains 400 steps").
+  # but cost 3.4 s a step against 2.4; with 16 the whole chain took 53 min,
+  # mostly quiet (OKE-2016 fold; BENCHMARKS.md, "the recipe's linker now
+  # trains 400 steps", "a quiet timing").
   config.linker.train.global_batch = 16
   config.linker.train.mention_batch = 16
   config.linker.train.num_steps = 400
