@@ -29,7 +29,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from blink_jax import span_metrics, workdir as workdir_lib  # pylint: disable=g-import-not-at-top
+from blink_jax import span_metrics  # pylint: disable=g-import-not-at-top
 from blink_jax.data import documents, sources  # pylint: disable=g-import-not-at-top
 from blink_jax.inference import calibration as cal  # pylint: disable=g-import-not-at-top
 from blink_jax.inference.linker import Linker, confidence, mention_of  # pylint: disable=g-import-not-at-top
@@ -94,8 +94,7 @@ def main():
     lk.load_full_mode()
   stored = lk.calibration
   bonus = float(stored.get("width_bonus", 0.0))
-  config = workdir_lib.load_config(args.workdir, "linker")
-  data = sources.load(config, args.workdir, documents=True)
+  data = sources.load(lk.config, args.workdir, documents=True)  # The linker's stored config.
   cal_docs, held_docs = data.calibration_documents, data.eval_documents[args.held_out]
   c = Decoded(lk, cal_docs, None, bonus, modes)
   grid = c.thresholds
