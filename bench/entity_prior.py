@@ -39,11 +39,12 @@ def in_links(config, entities) -> collections.Counter:
                              for m in ms if m.label_id >= 0 and m.title != s.title)
 
 
-def r_at_1(ranked, labels: np.ndarray, prior: np.ndarray, w: float) -> float:
-  """R@1 after adding w * prior[id] to each candidate's score (padding stays -inf)."""
+def first_is_gold(ranked, labels: np.ndarray, prior: np.ndarray, w: float) -> np.ndarray:
+  """Per mention, whether the gold comes first after adding w * prior[id] to each
+  candidate's score (padding stays -inf)."""
   bonus = np.where(ranked.ids >= 0, prior[np.maximum(ranked.ids, 0)], 0.0)
   top = np.take_along_axis(ranked.ids, np.argmax(ranked.scores + w * bonus, 1)[:, None], 1)
-  return float((top[:, 0] == labels).mean())
+  return top[:, 0] == labels
 
 
 def main():
@@ -65,23 +66,33 @@ def main():
   for label, n in counts.items():
     prior[label] = np.log1p(n)
   max_len = lk.config.data.max_context_len
-  by_set = collections.defaultdict(list)
+  cal_mentions, cal_sets = [], []
   for d in data.calibration_documents:
-    by_set["calibration:" + str(d.id).split("-")[0]] += cal.gold_mentions([d], max_len)[0]
-  groups = {"calibration": [m for ms in by_set.values() for m in ms], **dict(sorted(by_set.items())),
-            args.held_out: [m for m in data.evals[args.held_out] if m.label_id >= 0]}
-  gold = [int(m.label_id) for m in groups[args.held_out]]
+    ms = cal.gold_mentions([d], max_len)[0]
+    cal_mentions += ms
+    cal_sets += [str(d.id).split("-")[0]] * len(ms)
+  cal_sets = np.array(cal_sets)
+  # Each set of mentions is ranked once per mode; the calibration's per-set rows are slices.
+  groups = {"calibration": (cal_mentions, {"calibration": slice(None)}
+                            | {f"calibration:{s}": cal_sets == s for s in sorted(set(cal_sets))}),
+            args.held_out: ([m for m in data.evals[args.held_out] if m.label_id >= 0],
+                            {args.held_out: slice(None)})}
+  gold = [int(m.label_id) for m in groups[args.held_out][0]]
   out = {"bench": "entity_prior", "workdir": args.workdir, "held_out": args.held_out,
          "entities_with_in_links": int((prior > 0).sum()),
          "catalogue": len(data.entities),
          "held_out_gold_with_in_links": round(float(np.mean(prior[gold] > 0)), 4),
-         "mentions": {k: len(v) for k, v in groups.items()}, "weights": weights, "modes": {}}
+         "mentions": {name: len(ms) if isinstance(rows, slice) else int(rows.sum())
+                      for ms, parts in groups.values() for name, rows in parts.items()},
+         "weights": weights, "modes": {}}
   for mode in modes:
     r1 = {}
-    for name, ms in groups.items():
+    for ms, parts in groups.values():
       ranked = lk.ranked(ms, None, mode)
       labels = np.array([m.label_id for m in ms])
-      r1[name] = [round(r_at_1(ranked, labels, prior, w), 4) for w in weights]
+      hits = [first_is_gold(ranked, labels, prior, w) for w in weights]
+      for name, rows in parts.items():
+        r1[name] = [round(float(h[rows].mean()), 4) for h in hits]
     chosen = int(np.argmax(r1["calibration"]))  # The first best: the smallest weight.
     held = r1[args.held_out]
     out["modes"][mode] = {"r_at_1": r1, "chosen_weight": weights[chosen],
